@@ -1,0 +1,71 @@
+"""The Avro contract, parsed once per process.
+
+The schema files live in ``schemas/`` (reached through the ``capture/schemas`` link so they
+ship inside the package). ``released/`` keeps every released version: the sink resolves old
+writer schemas against them and a test checks that each new version reads them all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+CURRENT_SCHEMA_FILE = SCHEMA_DIR / "model_event.avsc"
+RELEASED_DIR = SCHEMA_DIR / "released"
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One version of the event schema with the two identities the framings need."""
+
+    source: Path
+    text: str
+    parsed: Any
+    canonical_form: str
+    fingerprint: bytes  # CRC-64-AVRO, little-endian, as single-object encoding writes it
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+
+def load_contract(path: Path) -> Contract:
+    text = path.read_text(encoding="utf-8")
+    parsed = parse_schema(json.loads(text))
+    canonical = to_parsing_canonical_form(parsed)
+    return Contract(
+        source=path,
+        text=text,
+        parsed=parsed,
+        canonical_form=canonical,
+        fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+    )
+
+
+@cache
+def current() -> Contract:
+    return load_contract(CURRENT_SCHEMA_FILE)
+
+
+@cache
+def released() -> tuple[Contract, ...]:
+    """Released versions, oldest first (files are named ``model_event.vN.avsc``)."""
+    files = sorted(
+        RELEASED_DIR.glob("model_event.v*.avsc"), key=lambda p: int(p.stem.split(".v")[1])
+    )
+    return tuple(load_contract(p) for p in files)
+
+
+@cache
+def by_fingerprint() -> dict[bytes, Contract]:
+    """Every known writer schema (released and current) by its single-object fingerprint."""
+    known = {c.fingerprint: c for c in released()}
+    known[current().fingerprint] = current()
+    return known

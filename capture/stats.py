@@ -1,0 +1,272 @@
+"""Per-request scoring statistics: a record() cheap enough for the serving hot path.
+
+``record()`` appends the latency to a C ``array('d')`` (one atomic operation under the GIL:
+no lock, no Python object kept) and returns. The emitter's background thread drains the
+buffer every tick into exact count/sum/min/max and a mergeable log-bucketed sketch, and
+closes the window into a ``ScoringStats`` payload. Draining uses slice copy then slice delete,
+each atomic, and appends only ever add at the end, so nothing recorded between the two is
+lost. This relies on the GIL; free-threaded builds would need a lock here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from capture.events import FeatureSummary, LatencySummary, LogSketch, ScoringStats
+
+DEFAULT_RELATIVE_ACCURACY = 0.01
+# Values at or below this many seconds count as zero: below clock resolution anyway.
+_ZERO_THRESHOLD = 1e-9
+
+
+class Sketch:
+    """Log-bucketed histogram with relative error bound ``alpha`` on quantiles (DDSketch).
+
+    Bucket ``i`` holds values in (gamma^(i-1), gamma^i]; merging two sketches adds counts,
+    so windows combine into any coarser window without losing the error bound.
+    """
+
+    def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
+        if not 0.0 < relative_accuracy < 1.0:
+            raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy}")
+        self.relative_accuracy = relative_accuracy
+        self.gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._inv_log_gamma = 1.0 / math.log(self.gamma)
+        self.buckets: dict[int, int] = {}
+        self.zero_count = 0
+        self.count = 0
+
+    def add_many(self, values: Iterable[float]) -> None:
+        buckets = self.buckets
+        inv = self._inv_log_gamma
+        log = math.log
+        ceil = math.ceil
+        for value in values:
+            if value <= _ZERO_THRESHOLD:
+                self.zero_count += 1
+            else:
+                index = ceil(log(value) * inv)
+                buckets[index] = buckets.get(index, 0) + 1
+            self.count += 1
+
+    def merge(self, other: Sketch) -> None:
+        if other.relative_accuracy != self.relative_accuracy:
+            raise ValueError(
+                "cannot merge sketches of different accuracy: "
+                f"{self.relative_accuracy} and {other.relative_accuracy}"
+            )
+        for index, count in other.buckets.items():
+            self.buckets[index] = self.buckets.get(index, 0) + count
+        self.zero_count += other.zero_count
+        self.count += other.count
+
+    def quantile(self, q: float) -> float:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
+        if self.count == 0:
+            return math.nan
+        rank = q * (self.count - 1)
+        seen = self.zero_count
+        if rank < seen:
+            return 0.0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen > rank:
+                # The bucket's midpoint in relative terms keeps the error within alpha.
+                return 2.0 * self.gamma**index / (self.gamma + 1.0)
+        return 2.0 * self.gamma ** max(self.buckets) / (self.gamma + 1.0)
+
+    def to_event(self) -> LogSketch:
+        indexes = sorted(self.buckets)
+        return LogSketch(
+            relative_accuracy=self.relative_accuracy,
+            indexes=indexes,
+            counts=[self.buckets[i] for i in indexes],
+            zero_count=self.zero_count,
+        )
+
+    @classmethod
+    def from_event(cls, event: LogSketch) -> Sketch:
+        if len(event.indexes) != len(event.counts):
+            raise ValueError(
+                f"sketch has {len(event.indexes)} indexes but {len(event.counts)} counts"
+            )
+        sketch = cls(event.relative_accuracy)
+        sketch.buckets = dict(zip(event.indexes, event.counts, strict=True))
+        sketch.zero_count = event.zero_count
+        sketch.count = event.zero_count + sum(event.counts)
+        return sketch
+
+
+@dataclass(slots=True)
+class _FeatureAggregate:
+    count: int = 0
+    null_count: int = 0
+    total: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+
+    def summary(self, name: str) -> FeatureSummary:
+        numeric = self.count - self.null_count
+        return FeatureSummary(
+            name=name,
+            count=self.count,
+            null_count=self.null_count,
+            min=self.low if numeric else None,
+            max=self.high if numeric else None,
+            mean=self.total / numeric if numeric else None,
+        )
+
+
+class ScoringRecorder:
+    """Collects one model's per-request outcomes; the emitter closes its windows."""
+
+    def __init__(
+        self,
+        window_seconds: float,
+        *,
+        relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
+        max_pending: int = 1_000_000,
+        now: datetime | None = None,
+    ) -> None:
+        if window_seconds <= 0:
+            raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+        self.window_seconds = window_seconds
+        self._relative_accuracy = relative_accuracy
+        self._max_pending = max_pending
+        self._pending = array("d")
+        self._pending_errors: list[tuple[float, object]] = []
+        self._lock = threading.Lock()  # guards the aggregates below, never taken by record()
+        self.rejected = 0
+        self.overflowed = 0
+        self._reset(now or datetime.now(UTC))
+
+    def _reset(self, start: datetime) -> None:
+        self._window_start = start
+        self._count = 0
+        self._sum = 0.0
+        self._min = math.inf
+        self._max = -math.inf
+        self._errors: dict[str, int] = {}
+        self._sketch = Sketch(self._relative_accuracy)
+        self._features: dict[str, _FeatureAggregate] = {}
+
+    def record(self, latency_seconds: float, error: str | BaseException | None = None) -> None:
+        """One scored request. Never raises, never blocks, no I/O."""
+        if error is None:
+            pending = self._pending
+            if len(pending) < self._max_pending:
+                try:
+                    pending.append(latency_seconds)
+                except TypeError:
+                    self.rejected += 1
+            else:
+                self.overflowed += 1
+        elif len(self._pending_errors) < self._max_pending:
+            self._pending_errors.append((latency_seconds, error))
+        else:
+            self.overflowed += 1
+
+    def record_features(self, values: Mapping[str, float | None]) -> None:
+        """Per-feature summaries of the scored inputs (off the latency hot path: takes a lock)."""
+        try:
+            with self._lock:
+                for name, value in values.items():
+                    agg = self._features.get(name)
+                    if agg is None:
+                        agg = self._features[name] = _FeatureAggregate()
+                    agg.count += 1
+                    if value is None or not math.isfinite(value):
+                        agg.null_count += 1
+                        continue
+                    agg.total += value
+                    agg.low = min(agg.low, value)
+                    agg.high = max(agg.high, value)
+        except (TypeError, AttributeError):
+            self.rejected += 1
+
+    def drain(self) -> None:
+        """Fold pending samples into the window's aggregates (background thread)."""
+        pending = self._pending
+        n = len(pending)
+        latencies = pending[:n]
+        del pending[:n]
+        errors_pending = self._pending_errors
+        m = len(errors_pending)
+        errors = errors_pending[:m]
+        del errors_pending[:m]
+        if not n and not m:
+            return
+        timed = [v for v in latencies if v >= 0.0 and math.isfinite(v)]
+        rejected = n - len(timed)
+        by_kind: dict[str, int] = {}
+        for latency, kind in errors:
+            key = _error_key(kind)
+            by_kind[key] = by_kind.get(key, 0) + 1
+            if _is_latency(latency):
+                timed.append(float(latency))
+        with self._lock:
+            self.rejected += rejected
+            # A request whose latency was unusable still failed: it counts, untimed.
+            self._count += n - rejected + m
+            for key, count in by_kind.items():
+                self._errors[key] = self._errors.get(key, 0) + count
+            if timed:
+                self._min = min(self._min, min(timed))
+                self._max = max(self._max, max(timed))
+                self._sum += math.fsum(timed)
+                self._sketch.add_many(timed)
+
+    def due(self, now: datetime) -> bool:
+        return (now - self._window_start).total_seconds() >= self.window_seconds
+
+    def close_window(self, now: datetime) -> ScoringStats | None:
+        """The finished window as a payload, or None when it saw no request."""
+        self.drain()
+        with self._lock:
+            start = self._window_start
+            count, errors, sketch = self._count, self._errors, self._sketch
+            low, high, total, features = self._min, self._max, self._sum, self._features
+            self._reset(now)
+        if count == 0:
+            return None
+        timed = sketch.count
+        return ScoringStats(
+            window_start=start,
+            window_end=now,
+            request_count=count,
+            error_count=sum(errors.values()),
+            errors_by_kind=errors,
+            latency=LatencySummary(
+                min=low if timed else 0.0,
+                max=high if timed else 0.0,
+                mean=total / timed if timed else 0.0,
+                p50=sketch.quantile(0.5) if timed else 0.0,
+                p95=sketch.quantile(0.95) if timed else 0.0,
+                p99=sketch.quantile(0.99) if timed else 0.0,
+                sketch=sketch.to_event(),
+            ),
+            features=[agg.summary(name) for name, agg in sorted(features.items())],
+        )
+
+
+def _error_key(kind: object) -> str:
+    if isinstance(kind, str):
+        return kind or "error"
+    if isinstance(kind, BaseException):
+        return type(kind).__name__
+    return type(kind).__name__
+
+
+def _is_latency(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value >= 0.0
+        and math.isfinite(value)
+    )
