@@ -173,22 +173,31 @@ class ScoringRecorder:
             self.overflowed += 1
 
     def record_features(self, values: Mapping[str, float | None]) -> None:
-        """Per-feature summaries of the scored inputs (off the latency hot path: takes a lock)."""
+        """Per-feature summaries of the scored inputs (off the latency hot path: takes a lock).
+
+        None and non-finite values count as missing; anything that is not a number is
+        rejected rather than raised, like a bad latency.
+        """
         try:
-            with self._lock:
-                for name, value in values.items():
-                    agg = self._features.get(name)
-                    if agg is None:
-                        agg = self._features[name] = _FeatureAggregate()
-                    agg.count += 1
-                    if value is None or not math.isfinite(value):
-                        agg.null_count += 1
-                        continue
-                    agg.total += value
-                    agg.low = min(agg.low, value)
-                    agg.high = max(agg.high, value)
-        except (TypeError, AttributeError):
+            items = list(values.items())
+        except AttributeError:
             self.rejected += 1
+            return
+        with self._lock:
+            for name, value in items:
+                if value is not None and not _is_number(value):
+                    self.rejected += 1
+                    continue
+                agg = self._features.get(name)
+                if agg is None:
+                    agg = self._features[name] = _FeatureAggregate()
+                agg.count += 1
+                if value is None or not math.isfinite(value):
+                    agg.null_count += 1
+                    continue
+                agg.total += value
+                agg.low = min(agg.low, value)
+                agg.high = max(agg.high, value)
 
     def drain(self) -> None:
         """Fold pending samples into the window's aggregates (background thread)."""
@@ -263,10 +272,9 @@ def _error_key(kind: object) -> str:
     return type(kind).__name__
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _is_latency(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and value >= 0.0
-        and math.isfinite(value)
-    )
+    return _is_number(value) and value >= 0.0 and math.isfinite(value)  # type: ignore[operator,arg-type]
