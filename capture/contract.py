@@ -36,16 +36,20 @@ class Contract:
         return self.fingerprint.hex()
 
 
+def fingerprint_of(parsed: Any) -> bytes:
+    """CRC-64-AVRO of the parsing canonical form, in single-object encoding's byte order."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
 def load_contract(path: Path) -> Contract:
     text = path.read_text(encoding="utf-8")
     parsed = parse_schema(json.loads(text))
-    canonical = to_parsing_canonical_form(parsed)
     return Contract(
         source=path,
         text=text,
         parsed=parsed,
-        canonical_form=canonical,
-        fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+        canonical_form=to_parsing_canonical_form(parsed),
+        fingerprint=fingerprint_of(parsed),
     )
 
 

@@ -1,0 +1,202 @@
+"""Bytes from Kafka to a typed ``ModelEvent``, or a ``DecodeError`` naming what is wrong.
+
+Both framings are read: Confluent's (writer schema fetched from the registry by id) and Avro
+single-object encoding (writer schema found by fingerprint among ``schemas/`` and, failing
+that, among the versions registered for the topic). Older writer schemas are resolved to the
+current reader schema. The decoded record is then validated into the capture dataclasses by
+pydantic, which runs their own field checks too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastavro import parse_schema, schemaless_reader
+from pydantic import TypeAdapter, ValidationError
+
+from capture import contract
+from capture.events import PAYLOAD_TYPES, Envelope, ModelEvent, Payload
+from capture.framing import FramingError, parse_frame, subject_for
+
+
+class DecodeError(Exception):
+    """``reason`` is a stable class for metrics and dead-letter headers."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class SchemaSource(Protocol):
+    """The part of confluent_kafka's SchemaRegistryClient the decoder uses."""
+
+    def get_schema(self, schema_id: int) -> Any: ...
+    def get_versions(self, subject_name: str) -> list[int]: ...
+    def get_version(self, subject_name: str, version: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Writer:
+    parsed: Any
+    same_as_reader: bool
+
+
+_ENVELOPE = TypeAdapter(Envelope)
+_PAYLOADS = {name: TypeAdapter(cls) for name, cls in PAYLOAD_TYPES.items()}
+
+# Unknown fingerprints are looked up in the registry at most this often.
+_REGISTRY_REFRESH_SECONDS = 30.0
+
+
+class Decoder:
+    def __init__(self, registry: SchemaSource | None = None, topics: tuple[str, ...] = ()) -> None:
+        self._registry = registry
+        self._topics = topics
+        self._reader = contract.current()
+        self._by_fingerprint: dict[bytes, _Writer] = {
+            fp: self._writer(c.parsed, c.fingerprint) for fp, c in contract.by_fingerprint().items()
+        }
+        self._by_id: dict[int, _Writer] = {}
+        self._lock = threading.Lock()
+        self._last_registry_scan = 0.0
+
+    def _writer(self, parsed: Any, fingerprint: bytes) -> _Writer:
+        return _Writer(parsed, fingerprint == self._reader.fingerprint)
+
+    def decode(self, value: bytes | None) -> ModelEvent:
+        if not value:
+            raise DecodeError("empty", "expected an Avro-framed event, got an empty message value")
+        try:
+            frame = parse_frame(value)
+        except FramingError as exc:
+            raise DecodeError("framing", str(exc)) from None
+        if frame.schema_id is not None:
+            writer = self._writer_by_id(frame.schema_id)
+        else:
+            assert frame.fingerprint is not None
+            writer = self._writer_by_fingerprint(frame.fingerprint)
+        record = self._read(value, frame.body_offset, writer)
+        return _to_event(record)
+
+    def _read(self, value: bytes, offset: int, writer: _Writer) -> dict[str, Any]:
+        body = io.BytesIO(value)
+        body.seek(offset)
+        try:
+            record = schemaless_reader(
+                body,
+                writer.parsed,
+                None if writer.same_as_reader else self._reader.parsed,
+                return_record_name=True,
+                return_record_name_override=True,
+            )
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise DecodeError(
+                "avro",
+                f"the Avro body does not match its writer schema: {type(exc).__name__}: {exc}",
+            ) from None
+        if body.tell() != len(value):
+            raise DecodeError(
+                "avro",
+                f"the Avro body has {len(value) - body.tell()} bytes after the end of the record: "
+                "corrupt or wrongly framed message",
+            )
+        if not isinstance(record, dict):
+            raise DecodeError("avro", f"expected a record, got {type(record).__name__}")
+        return record
+
+    def _writer_by_id(self, schema_id: int) -> _Writer:
+        writer = self._by_id.get(schema_id)
+        if writer is not None:
+            return writer
+        if self._registry is None:
+            raise DecodeError(
+                "unknown_schema_id",
+                f"message names registry schema id {schema_id} but no schema registry is "
+                "configured: set SCHEMA_REGISTRY_URL",
+            )
+        try:
+            schema = self._registry.get_schema(schema_id)
+        except Exception as exc:
+            raise DecodeError(
+                "unknown_schema_id", f"schema id {schema_id} is not in the registry: {exc}"
+            ) from None
+        writer = self._parse_registered(schema.schema_str, f"schema id {schema_id}")
+        with self._lock:
+            self._by_id[schema_id] = writer
+        return writer
+
+    def _parse_registered(self, text: str, what: str) -> _Writer:
+        try:
+            parsed = parse_schema(json.loads(text))
+        except Exception as exc:
+            raise DecodeError(
+                "unknown_schema_id", f"{what} is not a valid Avro schema: {exc}"
+            ) from None
+        return self._writer(parsed, contract.fingerprint_of(parsed))
+
+    def _writer_by_fingerprint(self, fp: bytes) -> _Writer:
+        writer = self._by_fingerprint.get(fp)
+        if writer is None and self._registry is not None:
+            self._scan_registry()
+            writer = self._by_fingerprint.get(fp)
+        if writer is None:
+            raise DecodeError(
+                "unknown_fingerprint",
+                f"no known schema has fingerprint {fp.hex()}: expected one of "
+                f"{sorted(f.hex() for f in self._by_fingerprint)} (schemas/ and the registry); "
+                "upgrade the sink if a newer emitter wrote it",
+            )
+        return writer
+
+    def _scan_registry(self) -> None:
+        now = time.monotonic()
+        if self._registry is None or now - self._last_registry_scan < _REGISTRY_REFRESH_SECONDS:
+            return
+        self._last_registry_scan = now
+        for topic in self._topics:
+            subject = subject_for(topic)
+            try:
+                versions = self._registry.get_versions(subject)
+                for version in versions:
+                    registered = self._registry.get_version(subject, version)
+                    parsed = parse_schema(json.loads(registered.schema.schema_str))
+                    fp = contract.fingerprint_of(parsed)
+                    self._by_fingerprint.setdefault(fp, self._writer(parsed, fp))
+            except Exception:  # an unreachable registry leaves the fingerprint unknown
+                continue
+
+
+def _to_event(record: dict[str, Any]) -> ModelEvent:
+    try:
+        envelope_data = record["envelope"]
+        envelope_data["event_id"] = str(envelope_data["event_id"])
+        name, payload_data = record["payload"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError("shape", f"expected envelope and a tagged payload: {exc}") from None
+    adapter = _PAYLOADS.get(name)
+    if adapter is None:
+        raise DecodeError(
+            "unknown_payload",
+            f"payload type {name!r} is not one of {sorted(PAYLOAD_TYPES)}: upgrade the sink",
+        )
+    try:
+        envelope = _ENVELOPE.validate_python(envelope_data)
+        payload: Payload = adapter.validate_python(payload_data)
+    except ValidationError as exc:
+        raise DecodeError("validation", _summarise(exc)) from None
+    return ModelEvent(envelope=envelope, payload=payload)
+
+
+def _summarise(exc: ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    ]
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(problems) + more

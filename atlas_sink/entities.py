@@ -1,0 +1,129 @@
+"""What the translation produces and every target consumes: plain entity data, no I/O.
+
+An ``Entity`` is Atlas's entity in miniature: a type, its unique ``qualifiedName``, plain
+attributes, references to other entities by unique attribute, and classification names.
+Targets turn it into their own form (Atlas JSON, hook notifications, SQLite rows).
+
+Mutable entities (model, model version, deployment) also carry their ``EntityState``: the
+newest event applied (so an older event never overwrites newer values) and, per producer
+and model, the last sequence applied (so a redelivered event never counts twice). The state
+is written in the same entity as the values it guards, so it survives with the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Attributes every mutable entity type carries (see deploy/atlas/servemeta_typedefs.json).
+LAST_EVENT_TIME = "lastEventTime"
+LAST_EVENT_ID = "lastEventId"
+ATTRIBUTE_TIMES = "attributeTimes"
+WATERMARKS = "producerWatermarks"
+
+# At most this many producer watermarks per entity: restarts create new producer instances,
+# and a watermark only matters while that instance's events can still be redelivered.
+MAX_WATERMARKS = 64
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Ref:
+    """A reference to an entity by its unique attribute."""
+
+    type_name: str
+    qualified_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventKey:
+    event_time: int  # microseconds since the epoch
+    producer: str  # "<instance_id>/<model>": the Kafka key's order holds within it
+    sequence: int
+
+
+@dataclass(slots=True)
+class EntityState:
+    """What guards a mutable entity against old and repeated events.
+
+    ``times``: per attribute, the event time of the value it holds; a value from an older
+    event is not applied, whatever order events arrive in. ``watermarks``: per producer and
+    model, the last sequence applied; a redelivered event is recognised and adds nothing.
+    """
+
+    times: dict[str, int] = field(default_factory=dict)
+    watermarks: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    last_event_time: int = 0
+    last_event_id: str | None = None
+
+    def applied(self, key: EventKey) -> bool:
+        return self.watermarks.get(key.producer, 0) >= key.sequence
+
+    def copy(self) -> EntityState:
+        return EntityState(
+            dict(self.times),
+            dict(self.watermarks),
+            dict(self.totals),
+            self.last_event_time,
+            self.last_event_id,
+        )
+
+    def to_attributes(self) -> dict[str, Any]:
+        """Atlas maps hold strings, so the numbers in maps are written as strings."""
+        marks = sorted(self.watermarks.items(), key=lambda kv: kv[1])[-MAX_WATERMARKS:]
+        return {
+            ATTRIBUTE_TIMES: {name: str(t) for name, t in sorted(self.times.items())},
+            WATERMARKS: {producer: str(seq) for producer, seq in marks},
+            LAST_EVENT_TIME: self.last_event_time,
+            LAST_EVENT_ID: self.last_event_id,
+            **self.totals,
+        }
+
+    @classmethod
+    def from_attributes(
+        cls, attributes: dict[str, Any], total_names: tuple[str, ...]
+    ) -> EntityState:
+        return cls(
+            times={k: int(v) for k, v in (attributes.get(ATTRIBUTE_TIMES) or {}).items()},
+            watermarks={k: int(v) for k, v in (attributes.get(WATERMARKS) or {}).items()},
+            totals={n: int(attributes.get(n) or 0) for n in total_names},
+            last_event_time=int(attributes.get(LAST_EVENT_TIME) or 0),
+            last_event_id=attributes.get(LAST_EVENT_ID),
+        )
+
+
+@dataclass(slots=True)
+class Entity:
+    type_name: str
+    qualified_name: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    # Attributes whose values are references: a Ref, or a list of Refs.
+    references: dict[str, Ref | list[Ref]] = field(default_factory=dict)
+    classifications: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> Ref:
+        return Ref(self.type_name, self.qualified_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event's contribution to one entity, before coalescing.
+
+    ``values`` apply only when the event is the newest seen for the entity; ``totals`` are
+    added once per event whatever its age (a late window still happened).
+    ``key`` is None for immutable entities (data sets, schemas): their values never change.
+    """
+
+    type_name: str
+    qualified_name: str
+    values: dict[str, Any]
+    references: dict[str, Ref | list[Ref]] = field(default_factory=dict)
+    classifications: tuple[str, ...] = ()
+    key: EventKey | None = None
+    event_id: str | None = None
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> Ref:
+        return Ref(self.type_name, self.qualified_name)

@@ -1,0 +1,79 @@
+"""Qualified names: one documented convention, reversible, safe for any character in names.
+
+Atlas matches entities by ``qualifiedName``, so the same model must always get the same name
+and two different models never the same one. Each name component is percent-encoded (RFC 3986
+unreserved characters kept, except ``.``), components are joined with ``.``, and the cluster
+follows ``@`` -- Atlas's own ``name@namespace`` shape:
+
+=====================  ==========================================  ============================
+entity                 qualifiedName                               example
+=====================  ==========================================  ============================
+model                  ``<model>@<cluster>``                       ``wine@prod``
+model version          ``<model>.<version>@<cluster>``             ``wine.3@prod``
+training run           ``<model>.<version>.training@<cluster>``    ``wine.3.training@prod``
+serving deployment     ``<server>.<model>@<cluster>``              ``scorer.wine@prod``
+data schema            ``<fingerprint>@<cluster>``                 ``sha256%3Aab12...@prod``
+schema change          ``<model>.<version>.<side>.<micros>@<c>``   ``wine.3.output.17...@prod``
+Kafka topic            ``<topic lower-case>@<cluster>``            ``wine-requests@prod``
+(Atlas's convention)
+file, HDFS, S3, other  ``<uri>@<cluster>``                         ``s3://b/k@prod``
+=====================  ==========================================  ============================
+
+Kafka topics and paths follow Atlas's own hooks, so entities the Kafka, Hive or Spark hooks
+create are the same entities here.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+# Unreserved characters stay readable; '.' and '@' are separators, so they are encoded.
+_SAFE = "-_~"
+
+
+def component(value: str) -> str:
+    return quote(value, safe=_SAFE)
+
+
+def qualified(components: list[str], cluster: str) -> str:
+    return ".".join(component(c) for c in components) + "@" + component(cluster)
+
+
+def split(qualified_name: str) -> tuple[list[str], str]:
+    """The inverse of ``qualified`` (for names this module made)."""
+    body, _, cluster = qualified_name.rpartition("@")
+    return [unquote(c) for c in body.split(".")], unquote(cluster)
+
+
+def model(name: str, cluster: str) -> str:
+    return qualified([name], cluster)
+
+
+def model_version(name: str, version: str, cluster: str) -> str:
+    return qualified([name, version], cluster)
+
+
+def training(name: str, version: str, cluster: str) -> str:
+    return qualified([name, version, "training"], cluster)
+
+
+def deployment(server_name: str, model_name: str, cluster: str) -> str:
+    return qualified([server_name, model_name], cluster)
+
+
+def data_schema(fingerprint: str, cluster: str) -> str:
+    return qualified([fingerprint], cluster)
+
+
+def schema_change(name: str, version: str, side: str, event_micros: int, cluster: str) -> str:
+    return qualified([name, version, side.lower(), str(event_micros)], cluster)
+
+
+def kafka_topic(topic: str, cluster: str) -> str:
+    # Atlas's Kafka hook: lower-case topic, '@', metadata namespace, no encoding.
+    return f"{topic.lower()}@{cluster}"
+
+
+def uri_dataset(uri: str, cluster: str) -> str:
+    # Atlas's hooks name paths '<uri>@<namespace>' without encoding; so do we, to meet them.
+    return f"{uri}@{cluster}"

@@ -1,0 +1,241 @@
+"""One batch of raw Kafka messages through decode, validate, dedup, translate, coalesce, write.
+
+Kafka stays in the consumer above; this module sees messages as plain values, and the target
+through its small interface. Caches here are bounded and only ever updated after the target
+acknowledged a write, so a failed batch can be retried as if it had never been seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from atlas_sink.coalesce import coalesce, refs_needing_state
+from atlas_sink.decode import DecodeError, Decoder
+from atlas_sink.entities import (
+    ATTRIBUTE_TIMES,
+    LAST_EVENT_ID,
+    LAST_EVENT_TIME,
+    WATERMARKS,
+    Entity,
+    EntityState,
+    Ref,
+    Update,
+)
+from atlas_sink.targets import Target
+from atlas_sink.translate import DEPLOYMENT, DEPLOYMENT_TOTALS, Rules, translate
+from atlas_sink.validate import InvalidEvent, Limits, check_event, check_size
+from capture.events import ModelEvent
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """Least-recently-used mapping with a fixed capacity: memory stays flat on any backlog."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: RawMessage
+    reason: str  # stable class: framing, avro, validation, timestamp, target_rejected, ...
+    detail: str
+
+
+@dataclass
+class BatchOutcome:
+    consumed: int = 0
+    decoded: int = 0
+    duplicates: int = 0
+    updates: int = 0
+    entities_written: int = 0
+    write_requests: int = 0
+    write_seconds: float = 0.0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+_STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID)
+_TOTALS_BY_TYPE = {DEPLOYMENT: DEPLOYMENT_TOTALS}
+
+
+class Pipeline:
+    def __init__(
+        self,
+        target: Target,
+        decoder: Decoder,
+        rules: Rules,
+        limits: Limits | None = None,
+        *,
+        cache_size: int = 100_000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.target = target
+        self.decoder = decoder
+        self.rules = rules
+        self.limits = limits or Limits()
+        self._clock = clock
+        self._states: BoundedCache[Ref, EntityState] = BoundedCache(cache_size)
+        self._written: BoundedCache[Ref, str] = BoundedCache(cache_size)
+        self._seen: BoundedCache[str, bool] = BoundedCache(cache_size)
+
+    def decode(self, message: RawMessage) -> ModelEvent:
+        """Raises DecodeError or InvalidEvent; both carry a reason and a message."""
+        check_size(message.value, self.limits)
+        event = self.decoder.decode(message.value)
+        check_event(event, self.limits, self._clock())
+        return event
+
+    def process(self, batch: Sequence[RawMessage]) -> BatchOutcome:
+        outcome = BatchOutcome(consumed=len(batch))
+        contributions: list[tuple[Update, int]] = []
+        batch_ids: dict[str, int] = {}
+        for index, message in enumerate(batch):
+            try:
+                event = self.decode(message)
+            except (DecodeError, InvalidEvent) as exc:
+                outcome.dead.append(DeadLetter(message, exc.reason, exc.message))
+                continue
+            outcome.decoded += 1
+            event_id = event.envelope.event_id
+            if event_id in batch_ids or event_id in self._seen:
+                outcome.duplicates += 1
+                continue
+            batch_ids[event_id] = index
+            contributions.extend((u, index) for u in translate(event, self.rules))
+        updates = [u for u, _ in contributions]
+        outcome.updates = len(updates)
+        states = self._load_states(refs_needing_state(updates))
+        result = coalesce(updates, states)
+        outcome.duplicates += result.duplicates
+        entities = [e for e in result.entities if self._needs_write(e)]
+        started = time.perf_counter()
+        written = self.target.write(entities) if entities else None
+        outcome.write_seconds = time.perf_counter() - started
+        rejected = written.rejected if written else {}
+        if written:
+            outcome.entities_written = written.written
+            outcome.write_requests = written.requests
+        for update, index in contributions:
+            rejection = rejected.get(update.ref)
+            if rejection is not None:
+                outcome.dead.append(
+                    DeadLetter(
+                        batch[index],
+                        "target_rejected",
+                        f"{self.target.name} refused {update.type_name} "
+                        f"{update.qualified_name!r}: {rejection.code} {rejection.message}",
+                    )
+                )
+        outcome.dead = _unique_by_offset(outcome.dead)
+        dead = {_position(letter.message) for letter in outcome.dead}
+        # A rejected event must stay unseen, or its re-drive from the DLQ would be a duplicate.
+        accepted = {i for i, index in batch_ids.items() if _position(batch[index]) not in dead}
+        self._remember(entities, result.states, rejected, accepted)
+        return outcome
+
+    def _load_states(self, refs: set[Ref]) -> dict[Ref, EntityState]:
+        states: dict[Ref, EntityState] = {}
+        missing: list[Ref] = []
+        for ref in refs:
+            cached = self._states.get(ref)
+            if cached is None:
+                missing.append(ref)
+            else:
+                states[ref] = cached
+        if missing:
+            names = sorted({*_STATE_ATTRIBUTES, *DEPLOYMENT_TOTALS})
+            stored = self.target.fetch(sorted(missing), names)
+            for ref in missing:
+                attributes = stored.get(ref)
+                totals = _TOTALS_BY_TYPE.get(ref.type_name, ())
+                states[ref] = (
+                    EntityState.from_attributes(attributes, totals) if attributes else EntityState()
+                )
+        return states
+
+    def _needs_write(self, entity: Entity) -> bool:
+        """Immutable entities (data sets, schemas) already written unchanged are skipped."""
+        return self._written.get(entity.ref) != _digest(entity)
+
+    def _remember(
+        self,
+        entities: list[Entity],
+        states: dict[Ref, EntityState],
+        rejected: dict[Ref, Any],
+        event_ids: set[str],
+    ) -> None:
+        for entity in entities:
+            if entity.ref in rejected:
+                continue
+            if entity.ref in states:
+                self._states.put(entity.ref, states[entity.ref])
+            else:
+                self._written.put(entity.ref, _digest(entity))
+        for event_id in event_ids:
+            self._seen.put(event_id, True)
+
+
+def _digest(entity: Entity) -> str:
+    content = json.dumps(
+        [
+            entity.attributes,
+            {k: repr(v) for k, v in entity.references.items()},
+            entity.classifications,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+
+
+def _position(message: RawMessage) -> tuple[str, int, int]:
+    return (message.topic, message.partition, message.offset)
+
+
+def _unique_by_offset(dead: list[DeadLetter]) -> list[DeadLetter]:
+    seen: set[tuple[str, int, int]] = set()
+    unique = []
+    for letter in dead:
+        key = _position(letter.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(letter)
+    return unique

@@ -1,0 +1,482 @@
+"""Translation rules: one lifecycle event in, the entity updates it implies out. Pure.
+
+Lineage the catalog ends up holding for a served model::
+
+    source data sets --> <model>.<version>.training (Process) --> model version (DataSet)
+    input topics + model version --> <server>.<model> deployment (Process) --> output topics
+
+Model versions keep type, metrics, artifact location and storage facts, and their input and
+output schemas; deployments keep runtime facts, status and the latest scoring statistics
+plus running totals. Data sets are mapped to Atlas's own types where Atlas has them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from atlas_sink import naming
+from atlas_sink.entities import EventKey, Ref, Update
+from capture.events import (
+    DataSchema,
+    DataSource,
+    ModelEvent,
+    ModelLoaded,
+    ModelLoadFailed,
+    ModelUnloaded,
+    SchemaChanged,
+    ScoringStats,
+)
+
+MODEL = "servemeta_model"
+MODEL_VERSION = "servemeta_model_version"
+TRAINING = "servemeta_training"
+DEPLOYMENT = "servemeta_deployment"
+DATA_SCHEMA = "servemeta_data_schema"
+SCHEMA_CHANGE = "servemeta_schema_change"
+DATASET = "servemeta_dataset"
+KAFKA_TOPIC = "kafka_topic"
+FS_PATH = "fs_path"
+HDFS_PATH = "hdfs_path"
+S3_OBJECT = "aws_s3_v2_object"
+
+# Totals accumulated on deployments; the coalescer adds them once per event.
+DEPLOYMENT_TOTALS = ("totalRequests", "totalErrors")
+MUTABLE_TYPES = (MODEL, MODEL_VERSION, DEPLOYMENT)
+
+
+@dataclass(frozen=True)
+class ClassificationRule:
+    """Classify data sets whose URI, or schemas with a field whose name, matches a pattern."""
+
+    classification: str
+    dataset_pattern: re.Pattern[str] | None = None
+    field_pattern: re.Pattern[str] | None = None
+
+    def matches_dataset(self, uri: str) -> bool:
+        return self.dataset_pattern is not None and bool(self.dataset_pattern.search(uri))
+
+    def matches_field(self, name: str) -> bool:
+        return self.field_pattern is not None and bool(self.field_pattern.search(name))
+
+
+@dataclass(frozen=True)
+class Rules:
+    rules: tuple[ClassificationRule, ...] = ()
+    # Atlas metadata namespace of Kafka topics, when it is not the deployment's cluster.
+    kafka_namespace: str | None = None
+
+    def for_dataset(self, uri: str) -> list[str]:
+        return [r.classification for r in self.rules if r.matches_dataset(uri)]
+
+    def for_field(self, name: str) -> list[str]:
+        return [r.classification for r in self.rules if r.matches_field(name)]
+
+
+@dataclass
+class _Context:
+    event: ModelEvent
+    rules: Rules
+    cluster: str = field(init=False)
+    key: EventKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        env = self.event.envelope
+        self.cluster = env.deployment.cluster
+        self.key = EventKey(
+            event_time=micros(env.event_time),
+            producer=f"{env.producer.instance_id}/{env.model.name}",
+            sequence=env.sequence,
+        )
+
+    def mutable(
+        self,
+        type_name: str,
+        qualified_name: str,
+        values: dict[str, object],
+        references: dict[str, Ref | list[Ref]] | None = None,
+        classifications: Iterable[str] = (),
+        totals: dict[str, int] | None = None,
+    ) -> Update:
+        return Update(
+            type_name,
+            qualified_name,
+            values,
+            references or {},
+            tuple(classifications),
+            key=self.key,
+            event_id=self.event.envelope.event_id,
+            totals=totals or {},
+        )
+
+
+def micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def translate(event: ModelEvent, rules: Rules) -> list[Update]:
+    ctx = _Context(event, rules)
+    payload = event.payload
+    if isinstance(payload, ModelLoaded):
+        return _model_loaded(ctx, payload)
+    if isinstance(payload, ModelLoadFailed):
+        return _model_load_failed(ctx, payload)
+    if isinstance(payload, ModelUnloaded):
+        return _model_unloaded(ctx, payload)
+    if isinstance(payload, SchemaChanged):
+        return _schema_changed(ctx, payload)
+    return _scoring_stats(ctx, payload)
+
+
+# -- refs of the entities every event talks about -------------------------------------------
+
+
+def _model_ref(ctx: _Context) -> Ref:
+    return Ref(MODEL, naming.model(ctx.event.envelope.model.name, ctx.cluster))
+
+
+def _version_ref(ctx: _Context, version: str | None = None) -> Ref:
+    model = ctx.event.envelope.model
+    return Ref(
+        MODEL_VERSION, naming.model_version(model.name, version or model.version, ctx.cluster)
+    )
+
+
+def _deployment_ref(ctx: _Context) -> Ref:
+    env = ctx.event.envelope
+    return Ref(
+        DEPLOYMENT, naming.deployment(env.deployment.server_name, env.model.name, ctx.cluster)
+    )
+
+
+def _deployment_identity(ctx: _Context) -> dict[str, object]:
+    """Written with every deployment update, so even a first stats window makes a valid entity."""
+    env = ctx.event.envelope
+    return {
+        "name": f"{env.deployment.server_name} serving {env.model.name}",
+        "serverKind": env.deployment.server_kind,
+        "serverName": env.deployment.server_name,
+        "cluster": env.deployment.cluster,
+        "environment": env.deployment.environment,
+        "modelName": env.model.name,
+    }
+
+
+def _deployment_values(ctx: _Context, status: str, reason: str | None) -> dict[str, object]:
+    return {
+        **_deployment_identity(ctx),
+        "status": status,
+        "statusReason": reason,
+        "statusSince": ctx.key.event_time // 1000,
+    }
+
+
+def _version_identity(ctx: _Context, version: str | None = None) -> dict[str, object]:
+    model = ctx.event.envelope.model
+    version = version or model.version
+    return {"name": f"{model.name} {version}", "modelName": model.name, "version": version}
+
+
+# -- data sets and schemas -------------------------------------------------------------------
+
+
+def dataset_update(uri: str, cluster: str, rules: Rules) -> Update:
+    """Map a URI to Atlas's own type for it, named as Atlas's hooks name it."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    classifications = tuple(rules.for_dataset(uri))
+    if scheme == "kafka":
+        topic = parts.path.strip("/") or parts.netloc
+        namespace = rules.kafka_namespace or cluster
+        return Update(
+            KAFKA_TOPIC,
+            naming.kafka_topic(topic, namespace),
+            {"name": topic, "topic": topic, "uri": uri},
+            classifications=classifications,
+        )
+    if scheme in ("", "file"):
+        path = parts.path or uri
+        return Update(
+            FS_PATH,
+            naming.uri_dataset(uri, cluster),
+            {"name": path.rsplit("/", 1)[-1] or path, "path": path},
+            classifications=classifications,
+        )
+    if scheme == "hdfs":
+        return Update(
+            HDFS_PATH,
+            naming.uri_dataset(uri, cluster),
+            {"name": parts.path.rsplit("/", 1)[-1], "path": uri, "clusterName": cluster},
+            classifications=classifications,
+        )
+    if scheme in ("s3", "s3a", "s3n"):
+        key = parts.path.lstrip("/")
+        return Update(
+            S3_OBJECT,
+            naming.uri_dataset(uri, cluster),
+            {"name": key.rsplit("/", 1)[-1] or parts.netloc, "bucketName": parts.netloc},
+            classifications=classifications,
+        )
+    return Update(
+        DATASET,
+        naming.uri_dataset(uri, cluster),
+        {"name": uri, "uri": uri, "scheme": scheme},
+        classifications=classifications,
+    )
+
+
+def schema_update(schema: DataSchema, cluster: str, rules: Rules, describes: list[Ref]) -> Update:
+    fields = []
+    classified: set[str] = set()
+    for spec in schema.fields:
+        names = sorted(set(spec.classifications) | set(rules.for_field(spec.name)))
+        classified.update(names)
+        fields.append(
+            {
+                "name": spec.name,
+                "type": spec.type,
+                "nullable": spec.nullable,
+                "doc": spec.doc,
+                "classifications": names,
+            }
+        )
+    return Update(
+        DATA_SCHEMA,
+        naming.data_schema(schema.fingerprint, cluster),
+        {
+            "name": f"schema {schema.fingerprint[7:19] or schema.fingerprint}",
+            "fingerprint": schema.fingerprint,
+            "fields": fields,
+            "schemaText": schema.schema_text,
+        },
+        references={"describes": describes} if describes else {},
+        classifications=tuple(sorted(classified)),
+    )
+
+
+def _source_updates(ctx: _Context, sources: list[DataSource]) -> tuple[list[Update], list[Ref]]:
+    updates: list[Update] = []
+    refs: list[Ref] = []
+    for source in sources:
+        dataset = dataset_update(source.uri, ctx.cluster, ctx.rules)
+        if source.name:
+            dataset.values["name"] = source.name
+        updates.append(dataset)
+        refs.append(dataset.ref)
+        if source.schema is not None:
+            updates.append(schema_update(source.schema, ctx.cluster, ctx.rules, [dataset.ref]))
+    return updates, refs
+
+
+# -- one function per payload ------------------------------------------------------------------
+
+
+def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
+    env = ctx.event.envelope
+    model, version = env.model.name, env.model.version
+    updates, source_refs = _source_updates(ctx, loaded.training.sources)
+    input_schema = schema_update(loaded.input_schema, ctx.cluster, ctx.rules, [])
+    output_schema = schema_update(loaded.output_schema, ctx.cluster, ctx.rules, [])
+    updates += [input_schema, output_schema]
+    version_ref = _version_ref(ctx)
+    artifact = loaded.artifact
+    updates.append(
+        ctx.mutable(
+            MODEL_VERSION,
+            version_ref.qualified_name,
+            {
+                **_version_identity(ctx),
+                "contentHash": env.model.content_hash or artifact.content_hash,
+                "framework": loaded.model_type.framework,
+                "frameworkVersion": loaded.model_type.framework_version,
+                "flavor": loaded.model_type.flavor,
+                "algorithm": loaded.model_type.algorithm,
+                "task": loaded.model_type.task,
+                "artifactUri": artifact.uri,
+                "artifactScheme": artifact.scheme,
+                "encryptedAtRest": artifact.encrypted_at_rest,
+                "accessMode": artifact.access_mode,
+                "artifactSizeBytes": artifact.size_bytes,
+                "trainingRunId": loaded.training.run_id,
+                "trainingRunUrl": loaded.training.run_url,
+                "hyperParameters": dict(loaded.training.hyper_parameters),
+                "metrics": {f"{m.split}.{m.name}": m.value for m in loaded.metrics},
+                "owner": loaded.owner,
+                "tags": list(loaded.tags),
+                "properties": dict(loaded.properties),
+                "replacesVersion": loaded.replaces_version,
+                "status": "LOADED",
+                "statusReason": None,
+                "loadedAt": ctx.key.event_time // 1000,
+            },
+            references={
+                "model": _model_ref(ctx),
+                "inputSchema": input_schema.ref,
+                "outputSchema": output_schema.ref,
+            },
+            classifications=loaded.classifications,
+        )
+    )
+    updates.append(
+        ctx.mutable(
+            MODEL,
+            _model_ref(ctx).qualified_name,
+            {"name": model, "latestVersion": version, "owner": loaded.owner},
+        )
+    )
+    updates.append(
+        Update(
+            TRAINING,
+            naming.training(model, version, ctx.cluster),
+            {
+                "name": f"training of {model} {version}",
+                "runId": loaded.training.run_id,
+                "runUrl": loaded.training.run_url,
+                "hyperParameters": dict(loaded.training.hyper_parameters),
+            },
+            references={"inputs": source_refs, "outputs": [version_ref]},
+        )
+    )
+    io_updates = [
+        dataset_update(uri, ctx.cluster, ctx.rules) for uri in (*loaded.inputs, *loaded.outputs)
+    ]
+    updates += io_updates
+    inputs = [u.ref for u in io_updates[: len(loaded.inputs)]]
+    outputs = [u.ref for u in io_updates[len(loaded.inputs) :]]
+    runtime = loaded.runtime
+    values = _deployment_values(ctx, "IN_SERVICE", None)
+    values.update(
+        {
+            "currentVersion": version,
+            "language": runtime.language,
+            "languageVersion": runtime.language_version,
+            "containerImage": runtime.container_image,
+            "host": runtime.host,
+            "endpoint": runtime.endpoint,
+            "replicas": runtime.replicas,
+        }
+    )
+    updates.append(
+        ctx.mutable(
+            DEPLOYMENT,
+            _deployment_ref(ctx).qualified_name,
+            values,
+            references={"inputs": [*inputs, version_ref], "outputs": outputs},
+        )
+    )
+    if loaded.replaces_version and loaded.replaces_version != version:
+        updates.append(
+            ctx.mutable(
+                MODEL_VERSION,
+                _version_ref(ctx, loaded.replaces_version).qualified_name,
+                {
+                    **_version_identity(ctx, loaded.replaces_version),
+                    "status": "REPLACED",
+                    "statusReason": f"replaced by version {version}",
+                },
+                references={"model": _model_ref(ctx)},
+            )
+        )
+    return updates
+
+
+def _model_load_failed(ctx: _Context, failed: ModelLoadFailed) -> list[Update]:
+    env = ctx.event.envelope
+    reason = f"{failed.error_kind}: {failed.reason}"
+    version_values: dict[str, object] = {
+        **_version_identity(ctx),
+        "status": "FAILED",
+        "statusReason": reason,
+    }
+    if failed.artifact_uri:
+        version_values["artifactUri"] = failed.artifact_uri
+    return [
+        ctx.mutable(
+            MODEL_VERSION,
+            _version_ref(ctx).qualified_name,
+            version_values,
+            references={"model": _model_ref(ctx)},
+        ),
+        ctx.mutable(MODEL, _model_ref(ctx).qualified_name, {"name": env.model.name}),
+        ctx.mutable(
+            DEPLOYMENT,
+            _deployment_ref(ctx).qualified_name,
+            _deployment_values(ctx, "FAILED", reason),
+        ),
+    ]
+
+
+def _model_unloaded(ctx: _Context, unloaded: ModelUnloaded) -> list[Update]:
+    return [
+        ctx.mutable(
+            MODEL_VERSION,
+            _version_ref(ctx).qualified_name,
+            {**_version_identity(ctx), "status": "UNLOADED", "statusReason": unloaded.reason},
+            references={"model": _model_ref(ctx)},
+        ),
+        ctx.mutable(
+            DEPLOYMENT,
+            _deployment_ref(ctx).qualified_name,
+            _deployment_values(ctx, "STOPPED", unloaded.reason),
+        ),
+    ]
+
+
+def _schema_changed(ctx: _Context, changed: SchemaChanged) -> list[Update]:
+    env = ctx.event.envelope
+    schema = schema_update(changed.new_schema, ctx.cluster, ctx.rules, [])
+    version_ref = _version_ref(ctx)
+    side = changed.side.value.lower()
+    return [
+        schema,
+        ctx.mutable(
+            MODEL_VERSION,
+            version_ref.qualified_name,
+            _version_identity(ctx),
+            references={f"{side}Schema": schema.ref, "model": _model_ref(ctx)},
+        ),
+        Update(
+            SCHEMA_CHANGE,
+            naming.schema_change(
+                env.model.name, env.model.version, side, ctx.key.event_time, ctx.cluster
+            ),
+            {
+                "name": f"{side} schema of {env.model.name} {env.model.version} changed",
+                "side": changed.side.value,
+                "previousFingerprint": changed.previous_fingerprint,
+                "newFingerprint": changed.new_fingerprint,
+                "compatibility": changed.compatibility.value,
+                "changedAt": ctx.key.event_time // 1000,
+            },
+            references={"modelVersion": version_ref, "newSchema": schema.ref},
+        ),
+    ]
+
+
+def _scoring_stats(ctx: _Context, stats: ScoringStats) -> list[Update]:
+    latency = stats.latency
+    return [
+        ctx.mutable(
+            DEPLOYMENT,
+            _deployment_ref(ctx).qualified_name,
+            {
+                **_deployment_identity(ctx),
+                "windowStart": micros(stats.window_start) // 1000,
+                "windowEnd": micros(stats.window_end) // 1000,
+                "windowRequests": stats.request_count,
+                "windowErrors": stats.error_count,
+                "errorsByKind": {k: str(v) for k, v in stats.errors_by_kind.items()},
+                "latencyMin": latency.min,
+                "latencyMax": latency.max,
+                "latencyMean": latency.mean,
+                "latencyP50": latency.p50,
+                "latencyP95": latency.p95,
+                "latencyP99": latency.p99,
+                "statsModelVersion": ctx.event.envelope.model.version,
+            },
+            totals={"totalRequests": stats.request_count, "totalErrors": stats.error_count},
+        )
+    ]

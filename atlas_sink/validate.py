@@ -1,0 +1,145 @@
+"""Semantic checks a decoded event must pass before it may reach the catalog. Pure.
+
+Decoding proves the bytes fit the schema; these prove the values make sense: timestamps in
+a sane range, sizes bounded (Atlas rejects or chokes on huge entities), counts consistent.
+Identity names were already checked by the event dataclasses themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from capture.events import DataSchema, ModelEvent, ModelLoaded, SchemaChanged, ScoringStats
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 1_000_000
+    max_future: timedelta = timedelta(hours=1)
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_fields: int = 5_000
+    max_list_items: int = 1_000
+    max_text: int = 256 * 1024
+
+
+class InvalidEvent(ValueError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def check_size(value: bytes | None, limits: Limits) -> None:
+    if value is not None and len(value) > limits.max_message_bytes:
+        raise InvalidEvent(
+            "oversized",
+            f"message has {len(value)} bytes, more than the limit {limits.max_message_bytes}: "
+            "split the schema text or raise SINK_MAX_MESSAGE_BYTES",
+        )
+
+
+def check_event(event: ModelEvent, limits: Limits, now: datetime) -> None:
+    env = event.envelope
+    _check_time("envelope.event_time", env.event_time, limits, now)
+    if env.sequence < 1:
+        raise InvalidEvent("sequence", f"envelope.sequence must be >= 1, got {env.sequence}")
+    payload = event.payload
+    if isinstance(payload, ModelLoaded):
+        _check_loaded(payload, limits)
+    elif isinstance(payload, SchemaChanged):
+        _check_schema("new_schema", payload.new_schema, limits)
+        if payload.new_fingerprint != payload.new_schema.fingerprint:
+            raise InvalidEvent(
+                "inconsistent",
+                f"new_fingerprint {payload.new_fingerprint!r} differs from the new schema's "
+                f"own {payload.new_schema.fingerprint!r}",
+            )
+    elif isinstance(payload, ScoringStats):
+        _check_stats(payload, limits, now)
+
+
+def _check_time(where: str, moment: datetime, limits: Limits, now: datetime) -> None:
+    if moment < limits.earliest or moment > now + limits.max_future:
+        raise InvalidEvent(
+            "timestamp",
+            f"{where} is {moment.isoformat()}, outside {limits.earliest.date()} .. now + "
+            f"{limits.max_future}: check the producer's clock",
+        )
+
+
+def _check_list(where: str, items: list[object] | dict[str, object], limit: int) -> None:
+    if len(items) > limit:
+        raise InvalidEvent("oversized", f"{where} has {len(items)} items, more than {limit}")
+
+
+def _check_text(where: str, text: str | None, limits: Limits) -> None:
+    if text is not None and len(text) > limits.max_text:
+        raise InvalidEvent(
+            "oversized", f"{where} has {len(text)} characters, more than {limits.max_text}"
+        )
+
+
+def _check_schema(where: str, schema: DataSchema, limits: Limits) -> None:
+    _check_list(f"{where}.fields", list(schema.fields), limits.max_fields)
+    _check_text(f"{where}.schema_text", schema.schema_text, limits)
+    names = [f.name for f in schema.fields]
+    if len(set(names)) != len(names):
+        raise InvalidEvent("inconsistent", f"{where} has duplicate field names")
+
+
+def _check_loaded(loaded: ModelLoaded, limits: Limits) -> None:
+    _check_schema("input_schema", loaded.input_schema, limits)
+    _check_schema("output_schema", loaded.output_schema, limits)
+    for i, source in enumerate(loaded.training.sources):
+        if source.schema is not None:
+            _check_schema(f"training.sources[{i}].schema", source.schema, limits)
+    for where, items in (
+        ("training.sources", loaded.training.sources),
+        ("training.hyper_parameters", loaded.training.hyper_parameters),
+        ("metrics", loaded.metrics),
+        ("inputs", loaded.inputs),
+        ("outputs", loaded.outputs),
+        ("tags", loaded.tags),
+        ("classifications", loaded.classifications),
+        ("properties", loaded.properties),
+    ):
+        _check_list(where, items, limits.max_list_items)  # type: ignore[arg-type]
+    for where, text in (
+        ("artifact.uri", loaded.artifact.uri),
+        *((f"properties[{k!r}]", v) for k, v in loaded.properties.items()),
+        *(
+            (f"training.hyper_parameters[{k!r}]", v)
+            for k, v in loaded.training.hyper_parameters.items()
+        ),
+    ):
+        _check_text(where, text, limits)
+    if loaded.runtime.replicas < 0:
+        raise InvalidEvent("inconsistent", f"runtime.replicas is {loaded.runtime.replicas}")
+
+
+def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
+    _check_time("window_start", stats.window_start, limits, now)
+    _check_time("window_end", stats.window_end, limits, now)
+    if stats.window_end < stats.window_start:
+        raise InvalidEvent("inconsistent", "window_end is before window_start")
+    if not 0 <= stats.error_count <= stats.request_count:
+        raise InvalidEvent(
+            "inconsistent",
+            f"expected 0 <= error_count <= request_count, got {stats.error_count} errors "
+            f"of {stats.request_count} requests",
+        )
+    if sum(stats.errors_by_kind.values()) != stats.error_count:
+        raise InvalidEvent("inconsistent", "errors_by_kind does not add up to error_count")
+    _check_list("errors_by_kind", stats.errors_by_kind, limits.max_list_items)  # type: ignore[arg-type]
+    _check_list("features", list(stats.features), limits.max_list_items)
+    latency = stats.latency
+    values = (latency.min, latency.max, latency.mean, latency.p50, latency.p95, latency.p99)
+    if not all(math.isfinite(v) and v >= 0 for v in values) or latency.min > latency.max:
+        raise InvalidEvent(
+            "inconsistent", f"latency summary must be finite, >= 0 and min <= max: {values}"
+        )
+    _check_list("latency.sketch.indexes", list(latency.sketch.indexes), 100_000)
+    if len(latency.sketch.indexes) != len(latency.sketch.counts):
+        raise InvalidEvent("inconsistent", "latency sketch has unequal indexes and counts")
