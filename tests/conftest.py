@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,3 +122,19 @@ def all_payloads() -> list[Payload]:
 @pytest.fixture
 def sample_events() -> list[ModelEvent]:
     return [ModelEvent(envelope=envelope(i + 1), payload=p) for i, p in enumerate(all_payloads())]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    from tests import services
+
+    with services.kafka() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def registry_url() -> Iterator[str]:
+    from tests import services
+
+    with services.registry() as url:
+        yield url

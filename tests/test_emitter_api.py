@@ -116,7 +116,10 @@ def test_config_from_env_and_secrets_masked(tmp_path) -> None:  # type: ignore[n
     ("env", "message"),
     [
         ({}, "KAFKA_BOOTSTRAP_SERVERS"),
-        ({"KAFKA_BOOTSTRAP_SERVERS": "h:1", "SERVEMETA_QUEUE_SIZE": "lots"}, "SERVEMETA_QUEUE_SIZE"),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "h:1", "SERVEMETA_QUEUE_SIZE": "lots"},
+            "SERVEMETA_QUEUE_SIZE",
+        ),
         ({"KAFKA_BOOTSTRAP_SERVERS": "h:1", "KAFKA_SECURITY_PROTOCOL": "TLS"}, "one of"),
         (
             {"KAFKA_BOOTSTRAP_SERVERS": "h:1", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
