@@ -125,7 +125,7 @@ def schema_of(fields: Iterable[FieldSpec], schema_text: str | None, source: Path
     try:
         return data_schema(fields, schema_text)
     except ValueError as exc:
-        raise ArtifactError(f"{source}: {exc}; expected each field name once") from exc
+        raise ArtifactError(f"{source}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +141,16 @@ def _walk(top: Path, info: os.stat_result) -> _Tree:
     dir_bits = 0
     ancestors: set[tuple[int, int]] = set()
 
-    def visit(directory: Path, prefix: str, info: os.stat_result) -> None:
+    def visit(directory: Path, prefix: str, dir_info: os.stat_result) -> None:
         nonlocal file_bits, dir_bits
-        key = (info.st_dev, info.st_ino)
+        key = (dir_info.st_dev, dir_info.st_ino)
         if key in ancestors:
             raise ArtifactError(
                 f"{directory}: a symbolic link loops back to a directory that contains it; "
                 "expected a finite tree of files — remove the link"
             )
         ancestors.add(key)
-        dir_bits |= stat.S_IMODE(info.st_mode)
+        dir_bits |= stat.S_IMODE(dir_info.st_mode)
         with os.scandir(directory) as entries:
             for entry in entries:
                 path = Path(entry.path)
