@@ -36,4 +36,4 @@ def kafka_bootstrap() -> str:
         return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     from local_services import kafka
 
-    return kafka.start().bootstrap_servers
+    return kafka.start().address

@@ -13,6 +13,7 @@ import atexit
 import itertools
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -21,12 +22,13 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from capture import __version__
 from capture.config import EmitterConfig
 from capture.dataschema import compatibility
+from capture.encoding import EventEncoder
 from capture.events import (
     DataSchema,
     Deployment,
@@ -52,7 +54,7 @@ DROP_LOG_INTERVAL_SECONDS = 10.0
 class KafkaProducer(Protocol):
     """The part of ``confluent_kafka.Producer`` the emitter uses."""
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None: ...
+    def produce(self, topic: str, value: bytes, key: bytes) -> None: ...
     def poll(self, timeout: float) -> int: ...
     def flush(self, timeout: float) -> int: ...
     def __len__(self) -> int: ...
@@ -74,7 +76,10 @@ class EmitterStats:
 @dataclass
 class _Counters:
     enqueued: int = 0
-    delivered: int = 0
+    # Handed to librdkafka; delivered = handed - failed - still in librdkafka's queue, since
+    # delivery reports come for failures only (a callback per success costs a microsecond).
+    handed: int = 0
+    failed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -100,7 +105,11 @@ class Emitter:
         )
         self._producer_plain = plain(self.producer_identity)
         self._deployment_plain = plain(deployment)
+        self._encoder = EventEncoder(self._producer_plain, self._deployment_plain)
         self._sequence = itertools.count(1)
+        # Event ids need uniqueness, not secrecy: a seeded PRNG avoids a syscall per event.
+        self._ids = random.Random(os.urandom(16))
+        self._models: dict[ModelIdentity, dict[str, Any]] = {}
         self._queue: deque[tuple[bytes, dict[str, Any]]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -112,7 +121,7 @@ class Emitter:
         self._recorders_lock = threading.Lock()
         self._closed = False
         self._stopping = threading.Event()
-        self._kafka: KafkaProducer = producer or _confluent_producer(config)
+        self._kafka: KafkaProducer = producer or _confluent_producer(config, self._on_delivery)
         self._framer: Framer | None = None
         self._next_registry_try = 0.0
         self._thread = threading.Thread(
@@ -172,9 +181,10 @@ class Emitter:
     def stats(self) -> EmitterStats:
         with self._drop_lock:
             dropped = dict(self._counters.dropped)
+        counters = self._counters
         return EmitterStats(
-            enqueued=self._counters.enqueued,
-            delivered=self._counters.delivered,
+            enqueued=counters.enqueued,
+            delivered=max(counters.handed - counters.failed - len(self._kafka), 0),
             dropped=dropped,
             queue_depth=len(self._queue),
             in_flight=len(self._kafka),
@@ -224,15 +234,15 @@ class Emitter:
 
     def _emit(self, model: ModelIdentity, payload: Payload) -> str:
         _require(model, ModelIdentity, "model")
-        event_id = str(uuid.uuid4())
+        event_id = str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
         record = {
             "envelope": {
                 "event_id": event_id,
-                "event_time": self._clock(),
+                "event_time": _micros(self._clock()),
                 "producer": self._producer_plain,
                 "sequence": next(self._sequence),
                 "deployment": self._deployment_plain,
-                "model": plain(model),
+                "model": self._model_plain(model),
             },
             "payload": (payload.AVRO_NAME, plain(payload)),
         }
@@ -249,7 +259,8 @@ class Emitter:
         key = f"{self.deployment.cluster}/{model.name}".encode()
         self._queue.append((key, record))
         self._counters.enqueued += 1
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _drop(self, reason: str, count: int = 1) -> None:
         with self._drop_lock:
@@ -302,12 +313,12 @@ class Emitter:
         if self._framer is not None:
             return self._framer
         if self.config.registry_url is None:
-            self._framer = single_object_framer()
+            self._framer = single_object_framer(self._encoder.encode)
             return self._framer
         if time.monotonic() < self._next_registry_try:
             return None
         try:
-            self._framer = registry_framer(self.config)
+            self._framer = registry_framer(self.config, self._encoder.encode)
         except Exception as exc:
             self._next_registry_try = time.monotonic() + 5.0
             log.warning(
@@ -333,7 +344,10 @@ class Emitter:
                 log.error("event could not be encoded: %s", exc)
                 continue
             try:
-                produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                produce(topic, value=value, key=key)
+                # Serves delivery reports, and releases the GIL once per event, so a serving
+                # thread waits for at most one event's encoding, not a whole queue's.
+                self._kafka.poll(0)
             except BufferError:
                 # librdkafka's own queue is full (broker slow or down): keep the event queued.
                 self._kafka.poll(0.05)
@@ -344,12 +358,28 @@ class Emitter:
                 log.error("event could not be produced: %s", exc)
                 continue
             queue.popleft()
+            self._counters.handed += 1
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self._counters.delivered += 1
-        else:
+        if err is not None:
+            self._counters.failed += 1
             self._drop(f"delivery:{err.name()}")
+
+    def _model_plain(self, model: ModelIdentity) -> dict[str, Any]:
+        cached = self._models.get(model)
+        if cached is None:
+            if len(self._models) >= 1024:
+                self._models.clear()
+            cached = self._models[model] = plain(model)
+        return cached
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _require(value: Any, cls: type, name: str) -> Any:
@@ -367,7 +397,9 @@ def _close_at_exit(ref: weakref.ref[Emitter]) -> None:
         emitter.close()
 
 
-def _confluent_producer(config: EmitterConfig) -> KafkaProducer:
+def _confluent_producer(
+    config: EmitterConfig, on_delivery: Callable[[Any, Any], None]
+) -> KafkaProducer:
     from confluent_kafka import Producer as ConfluentProducer
 
     def on_error(err: Any) -> None:
@@ -375,4 +407,8 @@ def _confluent_producer(config: EmitterConfig) -> KafkaProducer:
 
     conf = config.producer_config()
     conf["error_cb"] = on_error
-    return ConfluentProducer(conf)  # type: ignore[return-value]  # wider signature than used
+    conf["on_delivery"] = on_delivery
+    conf["delivery.report.only.error"] = True
+    # librdkafka's own log lines go through Python logging, not straight to stderr.
+    conf["logger"] = logging.getLogger("servemeta.capture.librdkafka")
+    return ConfluentProducer(conf)
