@@ -11,7 +11,6 @@ import abc
 import contextlib
 import fcntl
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -83,6 +82,17 @@ def free_port(exclude: Collection[int] = ()) -> int:
     raise ServiceError(f"could not find a free port on {LOOPBACK} outside {sorted(exclude)}")
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers set SO_REUSEADDR too, so a lingering TIME_WAIT does not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -94,8 +104,24 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
 # --- processes -------------------------------------------------------------------------------
 
 
+# Servers started by this interpreter. Holding their Popen objects keeps Python from warning
+# "subprocess is still running" when a launcher object goes away while its server keeps running.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _release(pid: int) -> None:
+    """Collect the exit status of a server of ours that is gone (possibly still a zombie)."""
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+
 def _reap(pid: int) -> bool:
     """True when pid is a child of ours that has exited (its zombie is collected here)."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is not None
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -128,7 +154,21 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    # Orphaned members that already exited linger as zombies until init reaps them, which in a
+    # container may be never; they hold no resources, so only live members count.
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def cmdline_has(pid: int, token: str) -> bool:
@@ -161,17 +201,23 @@ def terminate_group(pgid: int, *, timeout: float, what: str) -> None:
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pgid, sig)
+            # A stopped (SIGSTOP, Ctrl-Z) server only acts on SIGTERM once continued.
+            os.killpg(pgid, signal.SIGCONT)
         except ProcessLookupError:
+            _release(pgid)
             return
         deadline = time.monotonic() + wait
         delay = 0.05
         while time.monotonic() < deadline:
             if not _group_alive(pgid):
+                _release(pgid)
                 return
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
         if sig == signal.SIGTERM:
-            progress(f"{what} (process group {pgid}) ignored SIGTERM for {timeout:.0f}s; killing it")
+            progress(
+                f"{what} (process group {pgid}) ignored SIGTERM for {timeout:.0f}s; killing it"
+            )
     raise ServiceError(
         f"{what} (process group {pgid}) is still alive 10s after SIGKILL; expected it to exit. "
         f"Inspect it with `ps -g {pgid}` and kill it by hand."
@@ -212,10 +258,12 @@ def describe_logs(paths: Sequence[Path], lines: int = TAIL_LINES) -> str:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to run one instance: argv (which must contain the identity token) and its address."""
+    """How to run one instance: argv (which must contain the identity token), its address and
+    the ports it will listen on."""
 
     argv: list[str]
     address: str
+    ports: tuple[int, ...]
     env: dict[str, str] | None = None
 
 
@@ -272,8 +320,8 @@ class ManagedService(abc.ABC):
     ) -> None:
         chosen = Path(state_dir).expanduser() if state_dir else default_state_dir(self.name)
         self.state_dir = chosen.absolute()
-        self.cache_dir = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
-        self.cache_dir = self.cache_dir.absolute()
+        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_dir = cache.absolute()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
 
@@ -353,20 +401,21 @@ class ManagedService(abc.ABC):
 
     def status(self) -> Status:
         pid = self._running_pid()
-        common = {"service": self.name, "state_dir": self.state_dir, "logs": self.log_files}
         if pid is None:
-            return Status(state="stopped", address=None, pid=None, **common)  # type: ignore[arg-type]
+            return Status(self.name, "stopped", None, None, self.state_dir, self.log_files)
         address = self._read(self.address_file)
         problem = self.readiness_problem(address) if address else "no address recorded yet"
         rss, peak = memory_kib(pid)
         return Status(
-            state="unhealthy" if problem else "running",
-            address=address,
-            pid=pid,
+            self.name,
+            "unhealthy" if problem else "running",
+            address,
+            pid,
+            self.state_dir,
+            self.log_files,
             detail=problem,
             rss_kib=rss,
             peak_rss_kib=peak,
-            **common,  # type: ignore[arg-type]
         )
 
     def start(self) -> StartResult:
@@ -387,18 +436,30 @@ class ManagedService(abc.ABC):
                         startup_seconds=0.0,
                         logs=self.log_files,
                     )
-                progress(f"{self.title} (pid {pid}) is running but not ready ({problem}); restarting")
+                progress(
+                    f"{self.title} (pid {pid}) is running but not ready ({problem}); restarting"
+                )
                 self._stop_locked()
             self._forget()
             began = time.monotonic()
             used_cache = self.install()
             installed = time.monotonic()
             # Logs of the previous run are replaced; a failed start keeps its own until then.
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+            # Only ours: the directory may be shared with the other service.
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            for old_log in self.log_dir.glob(f"{self.name}-*"):
+                old_log.unlink(missing_ok=True)
             launch = self.prepare()
             if self.identity not in launch.argv:
                 raise AssertionError(f"{type(self).__name__}.prepare() left out {self.identity}")
+            # Otherwise the readiness probe could be answered by whatever already holds the port.
+            for port in launch.ports:
+                if not port_is_free(port):
+                    raise ServiceError(
+                        f"port {port} on {LOOPBACK} is already in use; expected it free for "
+                        f"{self.title}. Stop whatever listens there (`ss -ltnp 'sport = :{port}'`"
+                        ") or choose another port."
+                    )
             with self.console_log.open("wb") as console:
                 proc = subprocess.Popen(
                     launch.argv,
@@ -411,6 +472,7 @@ class ManagedService(abc.ABC):
                     # the launching shell does not reach a server meant to outlive it.
                     start_new_session=True,
                 )
+            _children[proc.pid] = proc
             self.pid_file.write_text(f"{proc.pid}\n")
             try:
                 self._wait_ready(proc, launch.address)
@@ -448,7 +510,6 @@ class ManagedService(abc.ABC):
     def _wait_ready(self, proc: subprocess.Popen[bytes], address: str) -> None:
         deadline = time.monotonic() + self.start_timeout
         delay = 0.1
-        problem = "not probed yet"
         while True:
             code = proc.poll()
             if code is not None:
