@@ -22,13 +22,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from capture import __version__
 from capture.config import EmitterConfig
+from capture.contract import current
 from capture.dataschema import compatibility
-from capture.encoding import EventEncoder
+from capture.encoding import EventEncoder, micros
 from capture.events import (
     DataSchema,
     Deployment,
@@ -42,7 +43,7 @@ from capture.events import (
     SchemaSide,
     plain,
 )
-from capture.framing import Framer, registry_framer, single_object_framer
+from capture.framing import confluent_header, register_schema, single_object_header
 from capture.stats import ScoringRecorder
 from capture.typecheck import EventValueError, check_fields
 
@@ -110,7 +111,7 @@ class Emitter:
         # Event ids need uniqueness, not secrecy: a seeded PRNG avoids a syscall per event.
         self._ids = random.Random(os.urandom(16))
         self._models: dict[ModelIdentity, dict[str, Any]] = {}
-        self._queue: deque[tuple[bytes, dict[str, Any]]] = deque()
+        self._queue: deque[tuple[bytes, dict[str, Any], Payload]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._counters = _Counters()
@@ -122,7 +123,7 @@ class Emitter:
         self._closed = False
         self._stopping = threading.Event()
         self._kafka: KafkaProducer = producer or _confluent_producer(config, self._on_delivery)
-        self._framer: Framer | None = None
+        self._header: bytes | None = None
         self._next_registry_try = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"servemeta-emitter-{config.topic}", daemon=True
@@ -235,21 +236,18 @@ class Emitter:
     def _emit(self, model: ModelIdentity, payload: Payload) -> str:
         _require(model, ModelIdentity, "model")
         event_id = str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
-        record = {
-            "envelope": {
-                "event_id": event_id,
-                "event_time": _micros(self._clock()),
-                "producer": self._producer_plain,
-                "sequence": next(self._sequence),
-                "deployment": self._deployment_plain,
-                "model": self._model_plain(model),
-            },
-            "payload": (payload.AVRO_NAME, plain(payload)),
+        envelope = {
+            "event_id": event_id,
+            "event_time": micros(self._clock()),
+            "producer": self._producer_plain,
+            "sequence": next(self._sequence),
+            "deployment": self._deployment_plain,
+            "model": self._model_plain(model),
         }
-        self._enqueue(model, record)
+        self._enqueue(model, envelope, payload)
         return event_id
 
-    def _enqueue(self, model: ModelIdentity, record: dict[str, Any]) -> None:
+    def _enqueue(self, model: ModelIdentity, envelope: dict[str, Any], payload: Payload) -> None:
         if self._closed:
             self._drop("closed")
             return
@@ -257,7 +255,7 @@ class Emitter:
             self._drop("queue_full")
             return
         key = f"{self.deployment.cluster}/{model.name}".encode()
-        self._queue.append((key, record))
+        self._queue.append((key, envelope, payload))
         self._counters.enqueued += 1
         if not self._wake.is_set():
             self._wake.set()
@@ -309,35 +307,36 @@ class Emitter:
             else:
                 recorder.drain()
 
-    def _ensure_framer(self) -> Framer | None:
-        if self._framer is not None:
-            return self._framer
+    def _ensure_header(self) -> bytes | None:
+        if self._header is not None:
+            return self._header
         if self.config.registry_url is None:
-            self._framer = single_object_framer(self._encoder.encode)
-            return self._framer
+            self._header = single_object_header(current().fingerprint)
+            return self._header
         if time.monotonic() < self._next_registry_try:
             return None
         try:
-            self._framer = registry_framer(self.config, self._encoder.encode)
+            self._header = confluent_header(register_schema(self.config))
         except Exception as exc:
             self._next_registry_try = time.monotonic() + 5.0
             log.warning(
                 "schema registry not reachable; events wait in the queue",
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
-        return self._framer
+        return self._header
 
     def _send_queued(self) -> None:
-        framer = self._ensure_framer()
-        if framer is None:
+        header = self._ensure_header()
+        if header is None:
             return
         queue = self._queue
         topic = self.config.topic
         produce = self._kafka.produce
+        encode = self._encoder.encode
         while queue:
-            key, record = queue[0]
+            key, envelope, payload = queue[0]
             try:
-                value = framer(record)
+                value = header + encode(envelope, payload)
             except Exception as exc:
                 queue.popleft()
                 self._drop("encoding")
@@ -372,14 +371,6 @@ class Emitter:
                 self._models.clear()
             cached = self._models[model] = plain(model)
         return cached
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _require(value: Any, cls: type, name: str) -> Any:

@@ -3,21 +3,25 @@
 An Avro record is the concatenation of its fields' encodings, and a union is the branch
 index followed by the branch. The producer and deployment of an emitter never change and a
 model's identity rarely does, so their bytes are made once by fastavro and reused; per event
-only the id, time and sequence are encoded here and the payload by fastavro. This halves the
-background thread's cost per event. ``tests/test_encoding.py`` proves the bytes equal
-fastavro's encoding of the whole record for every payload type.
+only the id, time and sequence are encoded here. Payloads go through fastavro, except
+ScoringStats: the one high-volume type is written straight from its dataclass, which is
+about three times cheaper than building a dict for fastavro. ``tests/test_encoding.py``
+proves the bytes equal fastavro's encoding of the whole record for every payload type, so a
+schema change that this module misses fails there.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
 from capture.contract import Contract, current
-from capture.events import AVRO_NAMESPACE
+from capture.events import AVRO_NAMESPACE, Payload, ScoringStats, plain
 
 _MAX_CACHED_MODELS = 1024
 
@@ -36,6 +40,67 @@ def zigzag_long(value: int) -> bytes:
 def avro_string(value: str) -> bytes:
     data = value.encode("utf-8")
     return zigzag_long(len(data)) + data
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_SIX_DOUBLES = struct.Struct("<6d")
+_DOUBLE = struct.Struct("<d")
+_END = b"\x00"  # an empty block ends an array or a map
+
+
+def micros(moment: datetime) -> int:
+    """Exact microseconds since the epoch, as Avro's timestamp-micros holds them."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _longs(values: list[int]) -> bytes:
+    if not values:
+        return _END
+    return zigzag_long(len(values)) + b"".join(map(zigzag_long, values)) + _END
+
+
+def _optional_double(value: float | None) -> bytes:
+    return b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value)
+
+
+def encode_scoring_stats(stats: ScoringStats) -> bytes:
+    """The ScoringStats record, field by field in schema order."""
+    latency = stats.latency
+    sketch = latency.sketch
+    parts = [
+        zigzag_long(micros(stats.window_start)),
+        zigzag_long(micros(stats.window_end)),
+        zigzag_long(stats.request_count),
+        zigzag_long(stats.error_count),
+    ]
+    if stats.errors_by_kind:
+        parts.append(zigzag_long(len(stats.errors_by_kind)))
+        for kind, count in stats.errors_by_kind.items():
+            parts += (avro_string(kind), zigzag_long(count))
+    parts.append(_END)
+    parts += (
+        _SIX_DOUBLES.pack(
+            latency.min, latency.max, latency.mean, latency.p50, latency.p95, latency.p99
+        ),
+        _DOUBLE.pack(sketch.relative_accuracy),
+        zigzag_long(sketch.zero_count),
+        _longs(sketch.indexes),
+        _longs(sketch.counts),
+    )
+    if stats.features:
+        parts.append(zigzag_long(len(stats.features)))
+        for feature in stats.features:
+            parts += (
+                avro_string(feature.name),
+                zigzag_long(feature.count),
+                zigzag_long(feature.null_count),
+                _optional_double(feature.min),
+                _optional_double(feature.max),
+                _optional_double(feature.mean),
+            )
+    parts.append(_END)
+    return b"".join(parts)
 
 
 def _write(parsed: Any, datum: Any) -> bytes:
@@ -80,11 +145,14 @@ class EventEncoder:
             encoded = self._models[key] = _write(self._model_schema, model)
         return encoded
 
-    def encode(self, record: dict[str, Any]) -> bytes:
-        """The record as ``capture.events.to_avro`` shapes it, with event_time in micros."""
-        envelope = record["envelope"]
-        name, payload = record["payload"]
-        index, schema = self._payloads[name]
+    def encode(self, envelope: dict[str, Any], payload: Payload) -> bytes:
+        """``envelope`` as ``plain`` shapes it, with event_time in micros; producer and
+        deployment are the ones this encoder was made with."""
+        index, schema = self._payloads[payload.AVRO_NAME]
+        if isinstance(payload, ScoringStats):
+            body = encode_scoring_stats(payload)
+        else:
+            body = _write(schema, plain(payload))
         return b"".join(
             (
                 avro_string(envelope["event_id"]),
@@ -94,6 +162,6 @@ class EventEncoder:
                 self._deployment,
                 self._model(envelope["model"]),
                 index,
-                _write(schema, payload),
+                body,
             )
         )

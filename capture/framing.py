@@ -92,8 +92,8 @@ def _generic_encoder(contract: Contract) -> Encoder:
 
 
 def single_object_framer(encode: Encoder | None = None) -> Framer:
-    """``encode`` defaults to fastavro over the whole record; the emitter passes its faster
-    ``EventEncoder.encode``, which produces the same bytes."""
+    """A framer over whole records (``capture.events.to_avro``), for readers and tests; the
+    emitter frames with its own faster ``EventEncoder``, which writes the same bytes."""
     contract = current()
     return _framer(single_object_header(contract.fingerprint), encode or _generic_encoder(contract))
 
@@ -103,14 +103,13 @@ def subject_for(topic: str) -> str:
     return f"{topic}-value"
 
 
-def registry_framer(config: EmitterConfig, encode: Encoder | None = None) -> Framer:
-    """Register the current schema (idempotent: the registry returns the existing id)."""
+def register_schema(config: EmitterConfig) -> int:
+    """Register the current schema for the topic; idempotent (an existing id comes back)."""
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     conf: dict[str, str] = {"url": config.registry_url or ""}
     if config.registry_auth:
         conf["basic.auth.user.info"] = config.registry_auth
-    contract = current()
     client = SchemaRegistryClient(conf)
-    schema_id = client.register_schema(subject_for(config.topic), Schema(contract.text, "AVRO"))
-    return _framer(confluent_header(schema_id), encode or _generic_encoder(contract))
+    return int(client.register_schema(subject_for(config.topic), Schema(current().text, "AVRO")))
+

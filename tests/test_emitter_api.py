@@ -10,7 +10,7 @@ import pytest
 
 from capture.config import ConfigError, EmitterConfig, KafkaSecurity
 from capture.emitter import Emitter
-from capture.events import Deployment, ModelIdentity, ModelLoaded
+from capture.events import Deployment, ModelIdentity, ModelLoaded, SchemaChanged
 from capture.typecheck import EventValueError
 from tests.conftest import INPUT, OUTPUT, model_loaded
 
@@ -86,10 +86,10 @@ def test_close_counts_what_could_not_be_sent(stalled_emitter: Emitter) -> None:
 
 def test_schema_changed_computes_the_verdict(stalled_emitter: Emitter) -> None:
     stalled_emitter.schema_changed(MODEL, "OUTPUT", OUTPUT, previous=OUTPUT)
-    _, record = stalled_emitter._queue[0]
-    assert record["payload"][1]["compatibility"] == "FULL"
-    assert record["payload"][1]["side"] == "OUTPUT"
-    assert record["envelope"]["sequence"] == 1
+    _, envelope, payload = stalled_emitter._queue[0]
+    assert isinstance(payload, SchemaChanged)
+    assert (payload.compatibility, payload.side) == ("FULL", "OUTPUT")
+    assert envelope["sequence"] == 1
 
 
 def test_config_from_env_and_secrets_masked(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,9 +8,9 @@ import pytest
 from fastavro import schemaless_writer
 
 from capture import contract
-from capture.encoding import EventEncoder, avro_string, zigzag_long
+from capture.encoding import EventEncoder, avro_string, micros, zigzag_long
 from capture.events import ModelEvent, plain, to_avro
-from tests.conftest import envelope
+from tests.conftest import envelope, scoring_stats
 
 
 @pytest.mark.parametrize(
@@ -45,21 +45,46 @@ def test_fast_encoding_equals_fastavro_for_every_payload(sample_events: list[Mod
         encoder = EventEncoder(record["envelope"]["producer"], record["envelope"]["deployment"])
         reference = io.BytesIO()
         schemaless_writer(reference, contract.current().parsed, record)
-        record["envelope"]["event_time"] = int(event.envelope.event_time.timestamp() * 1_000_000)
-        assert encoder.encode(record) == reference.getvalue(), event.kind
+        record["envelope"]["event_time"] = micros(event.envelope.event_time)
+        assert encoder.encode(record["envelope"], event.payload) == reference.getvalue(), event.kind
 
 
 def test_model_identities_are_cached_but_each_is_encoded_right() -> None:
-    first = to_avro(ModelEvent(envelope=envelope(1, model="a", version="1"), payload=_unloaded()))
-    second = to_avro(ModelEvent(envelope=envelope(2, model="b", version="7"), payload=_unloaded()))
-    encoder = EventEncoder(first["envelope"]["producer"], first["envelope"]["deployment"])
-    for record in (first, second, first):
+    first = ModelEvent(envelope=envelope(1, model="a", version="1"), payload=_unloaded())
+    second = ModelEvent(envelope=envelope(2, model="b", version="7"), payload=_unloaded())
+    producer = to_avro(first)["envelope"]["producer"]
+    encoder = EventEncoder(producer, to_avro(first)["envelope"]["deployment"])
+    for event in (first, second, first):
+        record = to_avro(event)
         reference = io.BytesIO()
         schemaless_writer(reference, contract.current().parsed, record)
-        event_time = record["envelope"]["event_time"]
-        record = {**record, "envelope": {**record["envelope"]}}
-        record["envelope"]["event_time"] = int(event_time.timestamp() * 1_000_000)
-        assert encoder.encode(record) == reference.getvalue()
+        record["envelope"]["event_time"] = micros(event.envelope.event_time)
+        assert encoder.encode(record["envelope"], event.payload) == reference.getvalue()
+
+
+def test_scoring_stats_with_features_errors_and_extremes() -> None:
+    from capture.events import FeatureSummary, ScoringStats
+
+    base = scoring_stats()
+    stats = ScoringStats(
+        window_start=base.window_start,
+        window_end=base.window_end,
+        request_count=2**40,
+        error_count=3,
+        errors_by_kind={"timeout": 2, "名前": 1},
+        latency=base.latency,
+        features=[
+            FeatureSummary(name="alcohol", count=5, null_count=1, min=-1.5, max=2e300, mean=0.0),
+            FeatureSummary(name="hue", count=0),
+        ],
+    )
+    event = ModelEvent(envelope=envelope(3), payload=stats)
+    record = to_avro(event)
+    reference = io.BytesIO()
+    schemaless_writer(reference, contract.current().parsed, record)
+    record["envelope"]["event_time"] = micros(event.envelope.event_time)
+    encoder = EventEncoder(record["envelope"]["producer"], record["envelope"]["deployment"])
+    assert encoder.encode(record["envelope"], stats) == reference.getvalue()
 
 
 def _unloaded():  # type: ignore[no-untyped-def]
