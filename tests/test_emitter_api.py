@@ -139,3 +139,19 @@ def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> N
 def test_security_default_is_plaintext() -> None:
     assert KafkaSecurity().librdkafka() == {"security.protocol": "PLAINTEXT"}
     assert isinstance(model_loaded(), ModelLoaded)
+
+
+def test_drops_are_visible_as_prometheus_metrics(stalled_emitter: Emitter) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from capture.metrics import register
+
+    registry = CollectorRegistry()
+    register(stalled_emitter, registry)
+    for _ in range(7):
+        stalled_emitter.model_unloaded(MODEL)
+    text = generate_latest(registry).decode()
+    topic = stalled_emitter.config.topic
+    assert f'servemeta_emitter_dropped_total{{reason="queue_full",topic="{topic}"}} 2.0' in text
+    assert f'servemeta_emitter_enqueued_total{{topic="{topic}"}} 5.0' in text
+    assert f'servemeta_emitter_queue_depth{{topic="{topic}"}} 5.0' in text
