@@ -112,4 +112,3 @@ def register_schema(config: EmitterConfig) -> int:
         conf["basic.auth.user.info"] = config.registry_auth
     client = SchemaRegistryClient(conf)
     return int(client.register_schema(subject_for(config.topic), Schema(current().text, "AVRO")))
-

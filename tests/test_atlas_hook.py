@@ -1,0 +1,225 @@
+"""The Atlas hook target against a real Kafka broker: what lands on the topic is what Atlas's
+own hooks write (atlas-hook-samples/create-db.json), keyed by model, in messages under 1 MB.
+
+The broker is KAFKA_BOOTSTRAP_SERVERS when set, else the project's own (local_services), as
+the session fixture ``kafka_bootstrap`` provides it.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+
+from atlas_sink import naming
+from atlas_sink.coalesce import coalesce, refs_needing_state
+from atlas_sink.entities import Entity, EntityState, Ref
+from atlas_sink.targets import TargetUnavailable
+from atlas_sink.targets.atlas_hook import AtlasHookTarget
+from atlas_sink.translate import MODEL_VERSION, Rules, translate
+from capture.events import ModelEvent
+from tests.conftest import all_payloads, envelope
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "atlas-hook-samples"
+LIMIT = 1_000_000
+# Values the published samples replaced by placeholders, and the type Atlas gives them
+# (AtlasNotificationMessage.msgCreationTime is a long).
+PLACEHOLDER_TYPES: dict[str, type] = {"msgCreationTime": int}
+
+
+@pytest.fixture
+def bootstrap(kafka_bootstrap: str) -> str:
+    """The session's broker (tests/conftest.py): KAFKA_BOOTSTRAP_SERVERS, else the project's."""
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def topic() -> str:
+    # A topic per test: auto-created by the broker on first produce.
+    return f"ATLAS_HOOK_test_{uuid.uuid4().hex[:12]}"
+
+
+def _sample(name: str) -> dict[str, Any]:
+    path = SAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"Atlas hook samples are not at {SAMPLES}")
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
+    """Every message of ``topic``: polls until ``expected`` arrived, then briefly for extras."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    received: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(received) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            received.append(message)
+        extra_deadline = time.monotonic() + 1.0
+        while time.monotonic() < extra_deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                received.append(message)
+    finally:
+        consumer.close()
+    assert len(received) == expected, f"expected {expected} messages, got {len(received)}"
+    return received
+
+
+def _sample_entities() -> list[Entity]:
+    events = [ModelEvent(envelope=envelope(i + 1), payload=p) for i, p in enumerate(all_payloads())]
+    updates = [u for event in events for u in translate(event, Rules())]
+    states = {ref: EntityState() for ref in refs_needing_state(updates)}
+    return coalesce(updates, states).entities
+
+
+def _same_shape(ours: Any, theirs: Any, where: str) -> None:
+    """Same keys (JSON objects have no order), and values of the same JSON types, as the sample."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict), where
+        assert set(ours) == set(theirs), f"{where}: keys {sorted(ours)} != {sorted(theirs)}"
+        for key in theirs:
+            _same_shape(ours[key], theirs[key], f"{where}.{key}")
+    elif (
+        isinstance(theirs, str)
+        and theirs.startswith("--")
+        and where.rpartition(".")[2] in (PLACEHOLDER_TYPES)
+    ):
+        expected = PLACEHOLDER_TYPES[where.rpartition(".")[2]]
+        assert isinstance(ours, expected), f"{where}: {ours!r}"
+    else:
+        assert type(ours) is type(theirs), f"{where}: {type(ours)} vs {type(theirs)}"
+
+
+def test_notifications_have_the_envelope_of_atlas_s_hooks(bootstrap: str, topic: str) -> None:
+    sample = _sample("create-db.json")
+    entities = _sample_entities()
+    target = AtlasHookTarget(bootstrap, topic=topic, user="scorer", typedefs=None)
+    try:
+        result = target.write(entities)
+    finally:
+        target.close()
+    assert result.written == len(entities) and not result.rejected
+    received = _consume(bootstrap, topic, result.requests)
+
+    seen: list[tuple[str, str]] = []
+    model_key = naming.model("wine", "local").encode()
+    for message in received:
+        value = json.loads(message.value())
+        assert len(message.value()) < LIMIT
+        # The envelope as Atlas's hooks write it, entity lists aside.
+        envelope_only = json.loads(json.dumps(value))
+        envelope_only["message"]["entities"]["entities"] = []
+        sample_envelope = json.loads(json.dumps(sample))
+        sample_envelope["message"]["entities"]["entities"] = []
+        _same_shape(envelope_only, sample_envelope, "notification")
+        assert value["version"] == {"version": "1.0.0", "versionParts": [1]}
+        assert (value["msgCompressionKind"], value["msgSplitIdx"], value["msgSplitCount"]) == (
+            "NONE",
+            1,
+            1,
+        )
+        assert value["message"]["type"] == "ENTITY_CREATE_V2"
+        assert value["message"]["user"] == "scorer"
+        assert abs(value["msgCreationTime"] - time.time() * 1000) < 600_000
+        sample_keys = set(sample["message"]["entities"]["entities"][0])
+        for entity in value["message"]["entities"]["entities"]:
+            assert set(entity) <= sample_keys | {"relationshipAttributes", "classifications"}
+            assert entity["guid"].startswith("-")
+            seen.append((entity["typeName"], entity["attributes"]["qualifiedName"]))
+        # The model's entities, and the data sets and schemas around them, travel together.
+        assert message.key() == model_key
+    assert sorted(seen) == sorted((e.type_name, e.qualified_name) for e in entities)
+
+
+def test_a_batch_over_1_mb_is_split_by_entities(bootstrap: str, topic: str) -> None:
+    padding = {f"p{i}": "x" * 100 for i in range(50)}  # about 6 kB per entity
+    entities = [
+        Entity(
+            MODEL_VERSION,
+            naming.model_version("big", str(n), "local"),
+            {"name": f"big {n}", "modelName": "big", "version": str(n), "properties": padding},
+        )
+        for n in range(400)
+    ]
+    target = AtlasHookTarget(bootstrap, topic=topic)
+    try:
+        result = target.write(entities)
+    finally:
+        target.close()
+    assert result.requests >= 3
+    received = _consume(bootstrap, topic, result.requests)
+    order: list[str] = []
+    for message in received:
+        assert len(message.value()) < LIMIT
+        assert message.key() == naming.model("big", "local").encode()
+        value = json.loads(message.value())
+        assert (value["msgSplitIdx"], value["msgSplitCount"]) == (1, 1)
+        order += [e["attributes"]["version"] for e in value["message"]["entities"]["entities"]]
+    # One key, one partition: the entities arrive once each, in the order written.
+    assert order == [str(n) for n in range(400)]
+
+
+def test_one_entity_over_1_mb_goes_gzipped_in_parts(bootstrap: str, topic: str) -> None:
+    noise = base64.b64encode(os.urandom(1_200_000)).decode()  # incompressible
+    big = Entity(
+        "servemeta_data_schema",
+        naming.data_schema("sha256:big", "local"),
+        {"name": "big", "fingerprint": "sha256:big", "schemaText": noise},
+    )
+    target = AtlasHookTarget(bootstrap, topic=topic)
+    try:
+        result = target.write([big])
+    finally:
+        target.close()
+    received = _consume(bootstrap, topic, result.requests)
+    parts = [json.loads(m.value()) for m in received]
+    assert len(parts) >= 2 and all(len(m.value()) < LIMIT for m in received)
+    assert {m.key() for m in received} == {big.qualified_name.encode()}
+    assert [p["msgSplitIdx"] for p in parts] == list(range(len(parts)))
+    assert len({p["msgId"] for p in parts}) == 1
+    joined = "".join(p["message"] for p in parts)
+    inner = json.loads(gzip.decompress(base64.b64decode(joined)))
+    (entity,) = inner["message"]["entities"]["entities"]
+    assert entity["attributes"]["schemaText"] == noise
+    assert Ref(entity["typeName"], entity["attributes"]["qualifiedName"]) == big.ref
+
+
+def test_undeliverable_messages_raise_target_unavailable() -> None:
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        target = AtlasHookTarget(f"127.0.0.1:{port}", delivery_timeout=2.0)
+        started = time.monotonic()
+        with pytest.raises(TargetUnavailable, match=r"Kafka did not take 1 of 1 Atlas hook"):
+            target.write(_sample_entities()[:1])
+        assert time.monotonic() - started < 15
+        target.close()  # nothing left to flush: the message timed out
+
+
+def test_fetch_without_rest_reads_nothing() -> None:
+    target = AtlasHookTarget("127.0.0.1:9")
+    assert target.fetch([Ref("servemeta_model", "wine@local")], ["lastEventTime"]) == {}
