@@ -66,7 +66,7 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             result.duplicates += 1
             continue
         applied.add(ref)
-        state.watermarks[key.producer] = key.sequence
+        state.mark(key)
         for name, delta in update.totals.items():
             state.totals[name] = state.totals.get(name, 0) + delta
         for name, value in update.values.items():

@@ -55,9 +55,16 @@ class EntityState:
     totals: dict[str, int] = field(default_factory=dict)
     last_event_time: int = 0
     last_event_id: str | None = None
+    # When each producer's watermark last moved: pruning keeps the most recently active
+    # producers, not the highest sequences (a restarted producer starts again at 1).
+    marked_at: dict[str, int] = field(default_factory=dict)
 
     def applied(self, key: EventKey) -> bool:
         return self.watermarks.get(key.producer, 0) >= key.sequence
+
+    def mark(self, key: EventKey) -> None:
+        self.watermarks[key.producer] = key.sequence
+        self.marked_at[key.producer] = max(self.marked_at.get(key.producer, 0), key.event_time)
 
     def copy(self) -> EntityState:
         return EntityState(
@@ -66,14 +73,17 @@ class EntityState:
             dict(self.totals),
             self.last_event_time,
             self.last_event_id,
+            dict(self.marked_at),
         )
 
     def to_attributes(self) -> dict[str, Any]:
-        """Atlas maps hold strings, so the numbers in maps are written as strings."""
-        marks = sorted(self.watermarks.items(), key=lambda kv: kv[1])[-MAX_WATERMARKS:]
+        """Atlas maps hold strings: watermarks are written as ``<sequence>@<micros>``."""
+        recent = sorted(self.watermarks, key=lambda p: self.marked_at.get(p, 0))[-MAX_WATERMARKS:]
         return {
             ATTRIBUTE_TIMES: {name: str(t) for name, t in sorted(self.times.items())},
-            WATERMARKS: {producer: str(seq) for producer, seq in marks},
+            WATERMARKS: {
+                p: f"{self.watermarks[p]}@{self.marked_at.get(p, 0)}" for p in sorted(recent)
+            },
             LAST_EVENT_TIME: self.last_event_time,
             LAST_EVENT_ID: self.last_event_id,
             **self.totals,
@@ -83,12 +93,17 @@ class EntityState:
     def from_attributes(
         cls, attributes: dict[str, Any], total_names: tuple[str, ...]
     ) -> EntityState:
+        marks = {
+            producer: value.partition("@")
+            for producer, value in (attributes.get(WATERMARKS) or {}).items()
+        }
         return cls(
             times={k: int(v) for k, v in (attributes.get(ATTRIBUTE_TIMES) or {}).items()},
-            watermarks={k: int(v) for k, v in (attributes.get(WATERMARKS) or {}).items()},
+            watermarks={p: int(seq) for p, (seq, _, _) in marks.items()},
             totals={n: int(attributes.get(n) or 0) for n in total_names},
             last_event_time=int(attributes.get(LAST_EVENT_TIME) or 0),
             last_event_id=attributes.get(LAST_EVENT_ID),
+            marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},
         )
 
 

@@ -32,7 +32,8 @@ _SAFE = "-_~"
 
 
 def component(value: str) -> str:
-    return quote(value, safe=_SAFE)
+    # quote() never encodes '.', whatever ``safe`` says; it is our separator, so we do.
+    return quote(value, safe=_SAFE).replace(".", "%2E")
 
 
 def qualified(components: list[str], cluster: str) -> str:

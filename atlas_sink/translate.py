@@ -213,7 +213,7 @@ def dataset_update(uri: str, cluster: str, rules: Rules) -> Update:
             classifications=classifications,
         )
     if scheme in ("s3", "s3a", "s3n"):
-        key = parts.path.lstrip("/")
+        key = parts.path.strip("/")
         return Update(
             S3_OBJECT,
             naming.uri_dataset(uri, cluster),
@@ -263,7 +263,8 @@ def _source_updates(ctx: _Context, sources: list[DataSource]) -> tuple[list[Upda
     for source in sources:
         dataset = dataset_update(source.uri, ctx.cluster, ctx.rules)
         if source.name:
-            dataset.values["name"] = source.name
+            # Not the name: the same URI named by a topic or path elsewhere would flip it.
+            dataset.values["description"] = f"training source {source.name}"
         updates.append(dataset)
         refs.append(dataset.ref)
         if source.schema is not None:

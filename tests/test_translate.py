@@ -1,0 +1,859 @@
+"""Translation and coalescing, pure: events in, entities and lineage references out, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atlas_sink import naming
+from atlas_sink.coalesce import Coalesced, coalesce, refs_needing_state
+from atlas_sink.entities import (
+    ATTRIBUTE_TIMES,
+    LAST_EVENT_ID,
+    LAST_EVENT_TIME,
+    MAX_WATERMARKS,
+    Entity,
+    EntityState,
+    Ref,
+    Update,
+)
+from atlas_sink.translate import (
+    DATA_SCHEMA,
+    DATASET,
+    DEPLOYMENT,
+    DEPLOYMENT_TOTALS,
+    FS_PATH,
+    HDFS_PATH,
+    KAFKA_TOPIC,
+    MODEL,
+    MODEL_VERSION,
+    MUTABLE_TYPES,
+    S3_OBJECT,
+    SCHEMA_CHANGE,
+    TRAINING,
+    ClassificationRule,
+    Rules,
+    micros,
+    translate,
+)
+from capture.dataschema import data_schema
+from capture.events import (
+    DataSource,
+    FieldSpec,
+    ModelEvent,
+    ModelLoadFailed,
+    ModelUnloaded,
+    Payload,
+    SchemaChanged,
+    ScoringStats,
+    Training,
+)
+from tests.conftest import INPUT, OUTPUT, T0, envelope, model_loaded, scoring_stats
+
+REPO = Path(__file__).resolve().parents[1]
+TYPEDEFS = REPO / "deploy" / "atlas" / "servemeta_typedefs.json"
+ATLAS_MODELS = Path(__file__).resolve().parents[2] / "shared" / "atlas-models"
+
+VERSION = Ref(MODEL_VERSION, "wine.1@local")
+MODEL_REF = Ref(MODEL, "wine@local")
+DEPLOY = Ref(DEPLOYMENT, "wine-scorer.wine@local")
+TRAIN = Ref(TRAINING, "wine.1.training@local")
+SOURCE = Ref(FS_PATH, "file:///data/wine.csv@local")
+REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
+SCORES = Ref(KAFKA_TOPIC, "wine-scores@local")
+INPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(INPUT.fingerprint, "local"))
+OUTPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(OUTPUT.fingerprint, "local"))
+
+NO_RULES = Rules()
+
+
+def event(
+    payload: Payload,
+    sequence: int = 1,
+    *,
+    instance: str = "i1",
+    model: str = "wine",
+    version: str = "1",
+    server: str = "wine-scorer",
+    cluster: str = "local",
+    at: datetime | None = None,
+) -> ModelEvent:
+    base = envelope(sequence, model, version)
+    env = dataclasses.replace(
+        base,
+        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{instance}/{sequence}")),
+        event_time=at or base.event_time,
+        producer=dataclasses.replace(base.producer, instance_id=instance),
+        deployment=dataclasses.replace(base.deployment, server_name=server, cluster=cluster),
+    )
+    return ModelEvent(envelope=env, payload=payload)
+
+
+def stats(requests: int = 10, errors: int = 1) -> ScoringStats:
+    sample = scoring_stats()
+    return dataclasses.replace(
+        sample,
+        request_count=requests,
+        error_count=errors,
+        errors_by_kind={"timeout": errors} if errors else {},
+    )
+
+
+def by_ref(updates: Iterable[Update]) -> dict[Ref, list[Update]]:
+    found: dict[Ref, list[Update]] = {}
+    for update in updates:
+        found.setdefault(update.ref, []).append(update)
+    return found
+
+
+def one(updates: Iterable[Update], ref: Ref) -> Update:
+    matching = by_ref(updates).get(ref, [])
+    assert len(matching) == 1, f"expected one update of {ref}, got {len(matching)}"
+    return matching[0]
+
+
+def run(
+    updates: Sequence[Update], states: dict[Ref, EntityState] | None = None
+) -> tuple[Coalesced, dict[Ref, EntityState]]:
+    """Coalesce one batch with the stored states fed forward, as the pipeline does."""
+    states = dict(states or {})
+    result = coalesce(
+        updates, {r: states.get(r, EntityState()) for r in refs_needing_state(updates)}
+    )
+    assert result.missing_states == set()
+    states.update(result.states)
+    return result, states
+
+
+def entities_of(result: Coalesced) -> dict[Ref, Entity]:
+    return {e.ref: e for e in result.entities}
+
+
+# -- every event type ------------------------------------------------------------------------
+
+
+def test_model_loaded_builds_training_and_serving_lineage() -> None:
+    updates = translate(event(model_loaded()), NO_RULES)
+    assert set(by_ref(updates)) == {
+        SOURCE,
+        INPUT_SCHEMA,
+        OUTPUT_SCHEMA,
+        VERSION,
+        MODEL_REF,
+        TRAIN,
+        REQUESTS,
+        SCORES,
+        DEPLOY,
+    }
+    training = one(updates, TRAIN)
+    assert training.references == {"inputs": [SOURCE], "outputs": [VERSION]}
+    assert training.values["runId"] == "run-42"
+    assert training.values["hyperParameters"] == {"n_estimators": "50"}
+    assert training.key is None
+    deployment = one(updates, DEPLOY)
+    assert deployment.references == {"inputs": [REQUESTS, VERSION], "outputs": [SCORES]}
+    assert deployment.values["status"] == "IN_SERVICE"
+    assert deployment.values["currentVersion"] == "1"
+    assert deployment.values["replicas"] == 2
+    assert deployment.values["statusSince"] == micros(T0 + timedelta(seconds=1)) // 1000
+    version = one(updates, VERSION)
+    assert version.references == {
+        "model": MODEL_REF,
+        "inputSchema": INPUT_SCHEMA,
+        "outputSchema": OUTPUT_SCHEMA,
+    }
+    assert version.classifications == ("Confidential",)
+    values = version.values
+    assert (values["modelName"], values["version"], values["status"]) == ("wine", "1", "LOADED")
+    assert (values["framework"], values["frameworkVersion"]) == ("sklearn", "1.5.0")
+    assert values["algorithm"] == "RandomForestClassifier"
+    assert values["artifactUri"] == "s3://models/wine/1/model.pkl"
+    assert (values["encryptedAtRest"], values["accessMode"]) == (True, "private")
+    assert values["metrics"] == {"test.accuracy": 0.97}
+    assert values["trainingRunId"] == "run-42"
+    assert (values["owner"], values["tags"], values["properties"]) == (
+        "data-science",
+        ["demo"],
+        {"team": "ml"},
+    )
+    assert one(updates, MODEL_REF).values == {
+        "name": "wine",
+        "latestVersion": "1",
+        "owner": "data-science",
+    }
+    # The source's schema is the model's input schema: it describes the source only once.
+    schema_updates = by_ref(updates)[INPUT_SCHEMA]
+    assert [u.references for u in schema_updates] == [{"describes": [SOURCE]}, {}]
+    assert one(updates, SOURCE).values == {
+        "name": "wine.csv",
+        "path": "/data/wine.csv",
+        "description": "training source wine",
+    }
+    assert {u.ref for u in updates if u.key is not None} == {VERSION, MODEL_REF, DEPLOY}
+
+
+def test_model_loaded_marks_the_replaced_version() -> None:
+    updates = translate(event(model_loaded("2", replaces="1"), version="2"), NO_RULES)
+    old = one(updates, VERSION)
+    assert old.values == {
+        "name": "wine 1",
+        "modelName": "wine",
+        "version": "1",
+        "status": "REPLACED",
+        "statusReason": "replaced by version 2",
+    }
+    assert one(updates, Ref(MODEL_VERSION, "wine.2@local")).values["status"] == "LOADED"
+    assert one(updates, DEPLOY).references["inputs"] == [
+        REQUESTS,
+        Ref(MODEL_VERSION, "wine.2@local"),
+    ]
+
+
+def test_model_load_failed_marks_version_and_deployment_failed() -> None:
+    failed = ModelLoadFailed(
+        reason="file not found", error_kind="FileNotFoundError", artifact_uri="s3://m/w/1"
+    )
+    updates = translate(event(failed), NO_RULES)
+    assert set(by_ref(updates)) == {VERSION, MODEL_REF, DEPLOY}
+    version = one(updates, VERSION)
+    assert version.values["status"] == "FAILED"
+    assert version.values["statusReason"] == "FileNotFoundError: file not found"
+    assert version.values["artifactUri"] == "s3://m/w/1"
+    deployment = one(updates, DEPLOY).values
+    assert (deployment["status"], deployment["statusReason"]) == (
+        "FAILED",
+        "FileNotFoundError: file not found",
+    )
+
+
+def test_model_unloaded_stops_the_deployment() -> None:
+    updates = translate(event(ModelUnloaded(reason="shutdown")), NO_RULES)
+    assert set(by_ref(updates)) == {VERSION, DEPLOY}
+    assert one(updates, VERSION).values["status"] == "UNLOADED"
+    deployment = one(updates, DEPLOY).values
+    assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
+
+
+def test_schema_changed_records_the_change_and_the_new_schema() -> None:
+    changed = SchemaChanged(
+        side="OUTPUT",  # type: ignore[arg-type]
+        new_fingerprint=OUTPUT.fingerprint,
+        new_schema=OUTPUT,
+        previous_fingerprint=INPUT.fingerprint,
+        compatibility="NONE",  # type: ignore[arg-type]
+    )
+    at = T0 + timedelta(seconds=7)
+    updates = translate(event(changed, 7), NO_RULES)
+    change = Ref(SCHEMA_CHANGE, naming.schema_change("wine", "1", "output", micros(at), "local"))
+    assert set(by_ref(updates)) == {OUTPUT_SCHEMA, VERSION, change}
+    assert one(updates, VERSION).references == {"outputSchema": OUTPUT_SCHEMA, "model": MODEL_REF}
+    record = one(updates, change)
+    assert record.references == {"modelVersion": VERSION, "newSchema": OUTPUT_SCHEMA}
+    assert record.values == {
+        "name": "output schema of wine 1 changed",
+        "side": "OUTPUT",
+        "previousFingerprint": INPUT.fingerprint,
+        "newFingerprint": OUTPUT.fingerprint,
+        "compatibility": "NONE",
+        "changedAt": micros(at) // 1000,
+    }
+    assert one(updates, OUTPUT_SCHEMA).values["fields"] == [
+        {
+            "name": "cultivar",
+            "type": "long",
+            "nullable": False,
+            "doc": "predicted class",
+            "classifications": [],
+        }
+    ]
+
+
+def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
+    updates = translate(event(scoring_stats(), 5), NO_RULES)
+    deployment = one(updates, DEPLOY)
+    assert set(by_ref(updates)) == {DEPLOY}
+    assert deployment.totals == {"totalRequests": 10, "totalErrors": 1}
+    values = deployment.values
+    assert (values["windowRequests"], values["windowErrors"]) == (10, 1)
+    assert (values["latencyMin"], values["latencyMax"], values["latencyP99"]) == (0.001, 0.02, 0.02)
+    assert values["errorsByKind"] == {"timeout": "1"}
+    assert values["windowStart"] == micros(T0) // 1000
+    assert values["windowEnd"] == micros(T0 + timedelta(seconds=60)) // 1000
+    assert values["statsModelVersion"] == "1"
+    # A first stats window must make a valid deployment on its own.
+    assert values["name"] == "wine-scorer serving wine"
+    assert deployment.references == {}
+
+
+# -- naming and data set types ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "type_name", "qualified_name", "values"),
+    [
+        (
+            "kafka://Wine-Requests",
+            KAFKA_TOPIC,
+            "wine-requests@prod",
+            {"name": "Wine-Requests", "topic": "Wine-Requests", "uri": "kafka://Wine-Requests"},
+        ),
+        (
+            "kafka://broker:9092/Scores",
+            KAFKA_TOPIC,
+            "scores@prod",
+            {"name": "Scores", "topic": "Scores", "uri": "kafka://broker:9092/Scores"},
+        ),
+        (
+            "s3://bucket/path/data.parquet",
+            S3_OBJECT,
+            "s3://bucket/path/data.parquet@prod",
+            {"name": "data.parquet", "bucketName": "bucket"},
+        ),
+        (
+            "s3a://bucket/k.csv",
+            S3_OBJECT,
+            "s3a://bucket/k.csv@prod",
+            {"name": "k.csv", "bucketName": "bucket"},
+        ),
+        (
+            "file:///data/wine.csv",
+            FS_PATH,
+            "file:///data/wine.csv@prod",
+            {"name": "wine.csv", "path": "/data/wine.csv"},
+        ),
+        (
+            "/data/plain.csv",
+            FS_PATH,
+            "/data/plain.csv@prod",
+            {"name": "plain.csv", "path": "/data/plain.csv"},
+        ),
+        (
+            "hdfs://nn:8020/warehouse/t",
+            HDFS_PATH,
+            "hdfs://nn:8020/warehouse/t@prod",
+            {"name": "t", "path": "hdfs://nn:8020/warehouse/t", "clusterName": "prod"},
+        ),
+        (
+            "https://api.example.com/v1/score",
+            DATASET,
+            "https://api.example.com/v1/score@prod",
+            {
+                "name": "https://api.example.com/v1/score",
+                "uri": "https://api.example.com/v1/score",
+                "scheme": "https",
+            },
+        ),
+    ],
+)
+def test_data_set_uris_map_to_atlas_types(
+    uri: str, type_name: str, qualified_name: str, values: dict[str, Any]
+) -> None:
+    loaded = dataclasses.replace(model_loaded(), training=Training(), inputs=[uri], outputs=[])
+    updates = translate(event(loaded, cluster="prod"), NO_RULES)
+    ref = Ref(type_name, qualified_name)
+    assert one(updates, ref).values == values
+    assert one(updates, Ref(DEPLOYMENT, "wine-scorer.wine@prod")).references["inputs"] == [
+        ref,
+        Ref(MODEL_VERSION, "wine.1@prod"),
+    ]
+
+
+def test_kafka_namespace_rule_names_topics_in_atlas_kafka_namespace() -> None:
+    updates = translate(event(model_loaded()), Rules(kafka_namespace="kafka-east"))
+    assert Ref(KAFKA_TOPIC, "wine-requests@kafka-east") in by_ref(updates)
+    assert Ref(KAFKA_TOPIC, "wine-scores@kafka-east") in by_ref(updates)
+    # Everything else keeps the deployment's cluster.
+    assert VERSION in by_ref(updates)
+
+
+def test_names_with_separators_stay_distinct_and_reversible() -> None:
+    first = naming.model_version("a.b", "1", "c")
+    second = naming.model_version("a", "b.1", "c")
+    assert first != second
+    assert naming.split(first) == (["a.b", "1"], "c")
+    assert naming.split(second) == (["a", "b.1"], "c")
+
+
+# -- classification rules --------------------------------------------------------------------
+
+
+def test_classification_rules_match_data_set_uris_and_field_names() -> None:
+    rules = Rules(
+        (
+            ClassificationRule("PII", dataset_pattern=re.compile(r"^file:.*/wine\.csv$")),
+            ClassificationRule("Sensitive", field_pattern=re.compile(r"(?i)^alcohol$")),
+            ClassificationRule("Public", dataset_pattern=re.compile(r"^kafka://wine-scores$")),
+        )
+    )
+    doc_schema = data_schema([FieldSpec(name="email", type="string", classifications=["PII"])])
+    loaded = dataclasses.replace(
+        model_loaded(),
+        training=Training(
+            sources=[
+                DataSource(uri="file:///data/wine.csv", name="wine", schema=INPUT),
+                DataSource(uri="s3://crm/customers.parquet", schema=doc_schema),
+            ]
+        ),
+    )
+    updates = translate(event(loaded), rules)
+    classified = {
+        ref: sorted({c for u in group for c in u.classifications})
+        for ref, group in by_ref(updates).items()
+    }
+    doc_ref = Ref(DATA_SCHEMA, naming.data_schema(doc_schema.fingerprint, "local"))
+    assert classified == {
+        SOURCE: ["PII"],
+        Ref(S3_OBJECT, "s3://crm/customers.parquet@local"): [],
+        INPUT_SCHEMA: ["Sensitive"],
+        doc_ref: ["PII"],
+        OUTPUT_SCHEMA: [],
+        VERSION: ["Confidential"],
+        MODEL_REF: [],
+        TRAIN: [],
+        REQUESTS: [],
+        SCORES: ["Public"],
+        DEPLOY: [],
+    }
+    fields = by_ref(updates)[INPUT_SCHEMA][0].values["fields"]
+    assert [(f["name"], f["classifications"]) for f in fields] == [
+        ("alcohol", ["Sensitive"]),
+        ("color_intensity", []),
+    ]
+
+
+# -- duplicates, order, totals -----------------------------------------------------------------
+
+
+def test_the_same_event_twice_in_one_batch_changes_nothing() -> None:
+    loaded = event(model_loaded())
+    once, _ = run(translate(loaded, NO_RULES))
+    twice, _ = run(translate(loaded, NO_RULES) + translate(loaded, NO_RULES))
+    assert twice.duplicates == 3  # model, version, deployment
+    assert entities_of(twice) == entities_of(once)
+
+
+def test_a_redelivered_batch_writes_no_mutable_entity() -> None:
+    updates = translate(event(model_loaded()), NO_RULES) + translate(event(stats(), 2), NO_RULES)
+    first, states = run(updates)
+    again, after = run(updates, states)
+    assert again.duplicates == 4
+    assert [e.ref for e in again.entities if e.type_name in MUTABLE_TYPES] == []
+    assert after == states
+    # Immutable entities are rewritten unchanged: harmless upserts.
+    assert {e.ref: e for e in again.entities} == {
+        r: e for r, e in entities_of(first).items() if r.type_name not in MUTABLE_TYPES
+    }
+
+
+def test_same_producer_and_sequence_is_a_duplicate_whatever_its_content() -> None:
+    _, states = run(translate(event(stats(10, 1), 3), NO_RULES))
+    resent = event(stats(99, 9), 3)
+    result, after = run(translate(resent, NO_RULES), states)
+    assert (result.duplicates, result.entities) == (1, [])
+    assert after[DEPLOY].totals == {"totalRequests": 10, "totalErrors": 1}
+
+
+def test_an_older_event_never_overwrites_newer_values() -> None:
+    newer = event(ModelUnloaded(reason="shutdown"), 1, instance="i2", at=T0 + timedelta(seconds=10))
+    older = event(model_loaded(), 1, instance="i1", at=T0 + timedelta(seconds=5))
+    for batches in ([[newer, older]], [[newer], [older]]):
+        states: dict[Ref, EntityState] = {}
+        store: dict[Ref, dict[str, Any]] = {}
+        for batch in batches:
+            result, states = run([u for e in batch for u in translate(e, NO_RULES)], states)
+            for entity in result.entities:
+                store.setdefault(entity.ref, {}).update(entity.attributes)
+        deployment = store[DEPLOY]
+        assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
+        # Values the newer event did not carry still come from the older one.
+        assert (deployment["currentVersion"], deployment["host"]) == ("1", "h1")
+        assert deployment[LAST_EVENT_TIME] == micros(T0 + timedelta(seconds=10))
+        assert deployment[LAST_EVENT_ID] == newer.envelope.event_id
+        assert store[VERSION]["status"] == "UNLOADED"
+        assert store[VERSION]["framework"] == "sklearn"
+        marks = EntityState.from_attributes(deployment, DEPLOYMENT_TOTALS).watermarks
+        assert marks == {"i1/wine": 1, "i2/wine": 1}
+        assert deployment[ATTRIBUTE_TIMES]["status"] == str(micros(T0 + timedelta(seconds=10)))
+        assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
+
+
+def test_a_late_stats_window_adds_to_totals_but_not_to_the_latest_window() -> None:
+    newer = event(stats(40, 4), 1, instance="i2", at=T0 + timedelta(seconds=120))
+    late = event(stats(10, 1), 1, instance="i1", at=T0 + timedelta(seconds=60))
+    result, _ = run(translate(newer, NO_RULES) + translate(late, NO_RULES))
+    deployment = entities_of(result)[DEPLOY].attributes
+    assert (deployment["windowRequests"], deployment["windowErrors"]) == (40, 4)
+    assert (deployment["totalRequests"], deployment["totalErrors"]) == (50, 5)
+
+
+def test_totals_add_once_per_event_and_redelivery_adds_nothing() -> None:
+    first, second = event(stats(10, 1), 1), event(stats(30, 2), 2)
+    result, states = run(translate(first, NO_RULES) + translate(second, NO_RULES))
+    assert entities_of(result)[DEPLOY].attributes["totalRequests"] == 40
+    assert entities_of(result)[DEPLOY].attributes["totalErrors"] == 3
+    # Redelivered after a crash, alongside one new window.
+    third = event(stats(5, 0), 3)
+    updates = [u for e in (first, second, third) for u in translate(e, NO_RULES)]
+    result, states = run(updates, states)
+    assert result.duplicates == 2
+    attributes = entities_of(result)[DEPLOY].attributes
+    assert (attributes["totalRequests"], attributes["totalErrors"]) == (45, 3)
+    # The stored attributes restore exactly the state that guards the next batch.
+    restored = EntityState.from_attributes(attributes, DEPLOYMENT_TOTALS)
+    assert restored == states[DEPLOY]
+
+
+def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> None:
+    stored = EntityState(
+        watermarks={f"gone-{n}/wine": 1000 + n for n in range(MAX_WATERMARKS)},
+        totals={"totalRequests": 0, "totalErrors": 0},
+    )
+    window = event(stats(10, 1), 1, instance="new-pod")
+    written = coalesce(translate(window, NO_RULES), {DEPLOY: stored}).entities[0].attributes
+    # After a restart the state comes back from what was written; the window is redelivered.
+    restored = EntityState.from_attributes(written, DEPLOYMENT_TOTALS)
+    again = coalesce(translate(window, NO_RULES), {DEPLOY: restored})
+    assert (again.duplicates, again.entities) == (1, [])
+
+
+def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() -> None:
+    events = [
+        event(stats(10, 1), sequence, instance=f"pod-{server}", server=f"scorer-{server}")
+        for sequence in range(1, 101)
+        for server in range(10)
+    ]
+    result, _ = run([u for e in events for u in translate(e, NO_RULES)])
+    assert (result.updates, result.duplicates, len(result.entities)) == (1000, 0, 10)
+    assert sorted(e.qualified_name for e in result.entities) == [
+        f"scorer-{n}.wine@local" for n in range(10)
+    ]
+    for entity in result.entities:
+        assert (entity.attributes["totalRequests"], entity.attributes["totalErrors"]) == (1000, 100)
+        server = entity.qualified_name.split(".")[0].removeprefix("scorer-")
+        marks = EntityState.from_attributes(entity.attributes, DEPLOYMENT_TOTALS).watermarks
+        assert marks == {f"pod-{server}/wine": 100}
+
+
+# -- batch boundaries do not matter ----------------------------------------------------------
+
+
+def _random_stream(rng: random.Random, length: int) -> list[ModelEvent]:
+    """Three replicas of one server serving two models; their clocks disagree, so arrival
+    order is not event-time order, and some events are redelivered later."""
+    offsets = {"i1": 0, "i2": -90_000_000, "i3": 45_000_000}  # microseconds
+    clocks = dict.fromkeys(offsets, 0)
+    sequences = dict.fromkeys(offsets, 0)
+    stream: list[ModelEvent] = []
+    while len(stream) < length:
+        if stream and rng.random() < 0.1:
+            stream.append(rng.choice(stream))
+            continue
+        instance = rng.choice(sorted(offsets))
+        sequences[instance] += 1
+        clocks[instance] += rng.randint(1, 5_000_000)
+        at = T0 + timedelta(microseconds=offsets[instance] + clocks[instance])
+        model = rng.choice(["wine", "beer"])
+        version = rng.choice(["1", "2"])
+        kind = rng.random()
+        payload: Payload
+        if kind < 0.55:
+            requests = rng.randint(0, 50)
+            payload = stats(requests, rng.randint(0, min(requests, 3)))
+        elif kind < 0.75:
+            payload = model_loaded(version, replaces=rng.choice([None, "1"]))
+        elif kind < 0.85:
+            payload = ModelUnloaded(reason=rng.choice(["shutdown", "replaced"]))
+        elif kind < 0.9:
+            payload = ModelLoadFailed(reason="oom", error_kind="MemoryError")
+        else:
+            new = rng.choice([INPUT, OUTPUT])
+            payload = SchemaChanged(
+                side=rng.choice(["INPUT", "OUTPUT"]),  # type: ignore[arg-type]
+                new_fingerprint=new.fingerprint,
+                new_schema=new,
+            )
+        stream.append(
+            event(
+                payload, sequences[instance], instance=instance, model=model, version=version, at=at
+            )
+        )
+    return stream
+
+
+def _replay(
+    stream: Sequence[ModelEvent], sizes: Iterable[int], rules: Rules
+) -> dict[Ref, tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    """Feed the stream in batches of the given sizes; upsert each batch's entities as a
+    target does (attributes present overwrite, classifications accumulate)."""
+    states: dict[Ref, EntityState] = {}
+    store: dict[Ref, tuple[dict[str, Any], dict[str, Any], list[str]]] = {}
+    start = 0
+    for size in sizes:
+        batch = stream[start : start + size]
+        start += size
+        result, states = run([u for e in batch for u in translate(e, rules)], states)
+        for entity in result.entities:
+            attributes, references, classifications = store.setdefault(entity.ref, ({}, {}, []))
+            attributes.update(entity.attributes)
+            references.update(entity.references)
+            classifications[:] = sorted({*classifications, *entity.classifications})
+    assert start >= len(stream)
+    return store
+
+
+def _cuts(rng: random.Random, total: int) -> list[int]:
+    sizes: list[int] = []
+    while sum(sizes) < total:
+        sizes.append(rng.randint(1, 40))
+    return sizes
+
+
+def test_any_batch_split_of_a_stream_yields_the_same_entities() -> None:
+    rng = random.Random(20261128)
+    stream = _random_stream(rng, 400)
+    rules = Rules((ClassificationRule("PII", dataset_pattern=re.compile(r"wine\.csv$")),))
+    whole = _replay(stream, [len(stream)], rules)
+    for sizes in ([1] * len(stream), [7] * 58, [100] * 4, _cuts(rng, 400), _cuts(rng, 400)):
+        assert _replay(stream, sizes, rules) == whole
+    # The result is right, not merely stable: totals count each distinct window once, and
+    # each deployment shows its newest window.
+    unique = {(e.envelope.producer.instance_id, e.envelope.sequence): e for e in stream}
+    for model in ("wine", "beer"):
+        windows = [
+            e
+            for e in unique.values()
+            if isinstance(e.payload, ScoringStats) and e.envelope.model.name == model
+        ]
+        assert len(windows) > 20
+        deployment = whole[Ref(DEPLOYMENT, f"wine-scorer.{model}@local")][0]
+        assert deployment["totalRequests"] == sum(
+            e.payload.request_count for e in windows if isinstance(e.payload, ScoringStats)
+        )
+        newest = max(windows, key=lambda e: e.envelope.event_time)
+        assert isinstance(newest.payload, ScoringStats)
+        assert deployment["windowRequests"] == newest.payload.request_count
+    assert whole[SOURCE][2] == ["PII"]
+
+
+# -- translation and type definitions stay in step -----------------------------------------
+
+# Atlas 2.4.0's base types as atlas-models/0000-Area0 defines them (with patches): the super
+# types and attributes the servemeta types inherit. Checked against atlas-models below.
+ATLAS_BASE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "Referenceable": ((), frozenset({"qualifiedName", "replicatedFrom", "replicatedTo"})),
+    "Asset": (
+        ("Referenceable",),
+        frozenset({"name", "displayName", "description", "userDescription", "owner"}),
+    ),
+    "DataSet": (("Asset",), frozenset()),
+    "Process": (("Asset",), frozenset({"inputs", "outputs"})),
+}
+ATLAS_REQUIRED = {"Referenceable": {"qualifiedName"}, "Asset": {"name"}}
+
+
+class _Registry:
+    """Entity types' super types, attribute names (relationship ends included), required
+    attribute names and struct fields, read from Atlas type definition files."""
+
+    def __init__(self) -> None:
+        self.supers: dict[str, tuple[str, ...]] = {}
+        self.names: dict[str, set[str]] = {}
+        self.required: dict[str, set[str]] = {}
+        self.structs: dict[str, dict[str, bool]] = {}
+
+    def load(self, path: Path) -> None:
+        defs = json.loads(path.read_text(encoding="utf-8"))
+        for definition in defs.get("entityDefs", []):
+            name = definition["name"]
+            self.supers[name] = tuple(definition.get("superTypes") or ())
+            attributes = definition.get("attributeDefs") or []
+            self.names.setdefault(name, set()).update(a["name"] for a in attributes)
+            self.required.setdefault(name, set()).update(
+                a["name"] for a in attributes if not a.get("isOptional", True)
+            )
+        for definition in defs.get("structDefs", []):
+            self.structs[definition["name"]] = {
+                a["name"]: bool(a.get("isOptional", True)) for a in definition["attributeDefs"]
+            }
+        for relationship in defs.get("relationshipDefs", []):
+            for end in ("endDef1", "endDef2"):
+                self.names.setdefault(relationship[end]["type"], set()).add(
+                    relationship[end]["name"]
+                )
+        for patch in defs.get("patches", []):
+            if patch.get("action") == "ADD_ATTRIBUTE":
+                self.names.setdefault(patch["typeName"], set()).update(
+                    a["name"] for a in patch.get("attributeDefs") or []
+                )
+            elif patch.get("action") == "ADD_SUPER_TYPES":
+                self.supers[patch["typeName"]] = (
+                    *self.supers.get(patch["typeName"], ()),
+                    *patch["superTypes"],
+                )
+
+    def closure(self, type_name: str) -> list[str]:
+        seen: list[str] = []
+        todo = [type_name]
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.append(name)
+                todo.extend(self.supers.get(name, ()))
+        return seen
+
+    def declared(self, type_name: str) -> set[str]:
+        return {n for t in self.closure(type_name) for n in self.names.get(t, ())}
+
+    def required_names(self, type_name: str) -> set[str]:
+        return {n for t in self.closure(type_name) for n in self.required.get(t, ())}
+
+
+def _servemeta_registry() -> _Registry:
+    registry = _Registry()
+    for name, (supers, names) in ATLAS_BASE.items():
+        registry.supers[name] = supers
+        registry.names[name] = set(names)
+        registry.required[name] = set(ATLAS_REQUIRED.get(name, ()))
+    registry.load(TYPEDEFS)
+    return registry
+
+
+def _every_kind_of_event() -> list[ModelEvent]:
+    loaded = dataclasses.replace(
+        model_loaded(),
+        training=Training(
+            sources=[
+                DataSource(uri="file:///data/wine.csv", name="wine", schema=INPUT),
+                DataSource(uri="hdfs://nn:8020/warehouse/wine"),
+                DataSource(uri="https://api.example.com/wine"),
+            ],
+            run_id="run-42",
+        ),
+        inputs=["kafka://wine-requests", "s3://bucket/requests/"],
+        outputs=["kafka://wine-scores", "s3://bucket/scores/part-0.parquet"],
+    )
+    changed = SchemaChanged(
+        side="INPUT",  # type: ignore[arg-type]
+        new_fingerprint=OUTPUT.fingerprint,
+        new_schema=OUTPUT,
+    )
+    payloads: list[Payload] = [
+        loaded,
+        model_loaded("2", replaces="1"),
+        ModelLoadFailed(reason="oom", error_kind="MemoryError", artifact_uri="s3://m/w"),
+        ModelUnloaded(reason="shutdown"),
+        changed,
+        stats(),
+    ]
+    return [event(p, n) for n, p in enumerate(payloads, start=1)]
+
+
+def _emitted() -> dict[str, tuple[set[str], set[str]]]:
+    """Per entity type, the attribute and reference names a coalesced batch writes."""
+    updates = [u for e in _every_kind_of_event() for u in translate(e, NO_RULES)]
+    result, _ = run(updates)
+    emitted: dict[str, tuple[set[str], set[str]]] = {}
+    for entity in result.entities:
+        attributes, references = emitted.setdefault(entity.type_name, (set(), set()))
+        attributes.update(entity.attributes)
+        references.update(entity.references)
+    return emitted
+
+
+def test_the_sample_covers_every_entity_type_translate_writes() -> None:
+    assert set(_emitted()) == {
+        MODEL,
+        MODEL_VERSION,
+        TRAINING,
+        DEPLOYMENT,
+        DATA_SCHEMA,
+        SCHEMA_CHANGE,
+        DATASET,
+        KAFKA_TOPIC,
+        FS_PATH,
+        HDFS_PATH,
+        S3_OBJECT,
+    }
+
+
+def test_servemeta_typedefs_declare_every_name_translate_writes() -> None:
+    registry = _servemeta_registry()
+    undeclared = {}
+    for type_name, (attributes, references) in _emitted().items():
+        if type_name not in registry.supers or type_name in ATLAS_BASE:
+            continue  # an Atlas built-in type: checked against atlas-models below
+        missing = (attributes | references) - registry.declared(type_name)
+        if missing:
+            undeclared[type_name] = sorted(missing)
+    assert undeclared == {}, "add these attributes to deploy/atlas/servemeta_typedefs.json"
+
+
+def test_every_entity_carries_its_required_attributes_on_first_write() -> None:
+    """Atlas refuses a new entity without its required attributes (404 ATLAS-404-00-007),
+    so each event alone, on an empty catalog, must produce complete entities."""
+    registry = _servemeta_registry()
+    for sample in _every_kind_of_event():
+        result, _ = run(translate(sample, NO_RULES))
+        for entity in result.entities:
+            if entity.type_name not in registry.supers:
+                continue
+            required = registry.required_names(entity.type_name) - {"qualifiedName"}
+            present = set(entity.attributes) | set(entity.references)
+            assert required - present == set(), (sample.kind, entity.type_name)
+
+
+def test_schema_fields_match_the_servemeta_field_struct() -> None:
+    registry = _servemeta_registry()
+    struct = registry.structs["servemeta_field"]
+    required = {name for name, optional in struct.items() if not optional}
+    updates = [u for e in _every_kind_of_event() for u in translate(e, NO_RULES)]
+    fields = [f for u in updates if u.type_name == DATA_SCHEMA for f in u.values["fields"]]
+    assert len(fields) > 3
+    for spec in fields:
+        assert set(spec) <= set(struct)
+        assert required <= set(spec)
+
+
+@pytest.fixture
+def atlas_models() -> _Registry:
+    if not ATLAS_MODELS.is_dir():
+        pytest.skip(f"Atlas's own type models are not at {ATLAS_MODELS}: built-in types unchecked")
+    registry = _Registry()
+    for path in sorted(ATLAS_MODELS.rglob("*.json")):
+        registry.load(path)
+    return registry
+
+
+def test_atlas_base_types_here_match_atlas_models(atlas_models: _Registry) -> None:
+    for name, (supers, names) in ATLAS_BASE.items():
+        assert atlas_models.supers[name] == supers
+        assert names <= atlas_models.names[name], name
+        assert ATLAS_REQUIRED.get(name, set()) <= atlas_models.required[name]
+
+
+def test_atlas_built_in_types_declare_every_name_translate_writes(
+    atlas_models: _Registry,
+) -> None:
+    """What servemeta_typedefs.json does not declare must come from Atlas's own types: the
+    built-in types translate writes (kafka_topic, fs_path, ...) and the base types the
+    servemeta types extend."""
+    own = _Registry()
+    own.load(TYPEDEFS)
+    undeclared = {}
+    for type_name, (attributes, references) in _emitted().items():
+        inherited = (attributes | references) - own.declared(type_name)
+        built_in = [t for t in own.closure(type_name) if t in atlas_models.supers]
+        assert built_in, f"{type_name} is neither a servemeta type nor one of Atlas's"
+        declared = {n for t in built_in for n in atlas_models.declared(t)}
+        if inherited - declared:
+            undeclared[type_name] = sorted(inherited - declared)
+    assert undeclared == {}
