@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from capture import contract
 from capture.events import PAYLOAD_TYPES, Envelope, ModelEvent, Payload
 from capture.framing import FramingError, parse_frame, subject_for
+from capture.typecheck import types_already_checked
 
 
 class DecodeError(Exception):
@@ -186,8 +187,10 @@ def _to_event(record: dict[str, Any]) -> ModelEvent:
             f"payload type {name!r} is not one of {sorted(PAYLOAD_TYPES)}: upgrade the sink",
         )
     try:
-        envelope = _ENVELOPE.validate_python(envelope_data)
-        payload: Payload = adapter.validate_python(payload_data)
+        # pydantic checks every type; the dataclasses' own checks would repeat it.
+        with types_already_checked():
+            envelope = _ENVELOPE.validate_python(envelope_data)
+            payload: Payload = adapter.validate_python(payload_data)
     except ValidationError as exc:
         raise DecodeError("validation", _summarise(exc)) from None
     return ModelEvent(envelope=envelope, payload=payload)

@@ -25,12 +25,14 @@ create are the same entities here.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 # Unreserved characters stay readable; '.' and '@' are separators, so they are encoded.
 _SAFE = "-_~"
 
 
+@lru_cache(maxsize=65_536)
 def component(value: str) -> str:
     # quote() never encodes '.', whatever ``safe`` says; it is our separator, so we do.
     return quote(value, safe=_SAFE).replace(".", "%2E")
@@ -46,22 +48,27 @@ def split(qualified_name: str) -> tuple[list[str], str]:
     return [unquote(c) for c in body.split(".")], unquote(cluster)
 
 
+@lru_cache(maxsize=65_536)
 def model(name: str, cluster: str) -> str:
     return qualified([name], cluster)
 
 
+@lru_cache(maxsize=65_536)
 def model_version(name: str, version: str, cluster: str) -> str:
     return qualified([name, version], cluster)
 
 
+@lru_cache(maxsize=65_536)
 def training(name: str, version: str, cluster: str) -> str:
     return qualified([name, version, "training"], cluster)
 
 
+@lru_cache(maxsize=65_536)
 def deployment(server_name: str, model_name: str, cluster: str) -> str:
     return qualified([server_name, model_name], cluster)
 
 
+@lru_cache(maxsize=65_536)
 def data_schema(fingerprint: str, cluster: str) -> str:
     return qualified([fingerprint], cluster)
 
@@ -70,11 +77,13 @@ def schema_change(name: str, version: str, side: str, event_micros: int, cluster
     return qualified([name, version, side.lower(), str(event_micros)], cluster)
 
 
+@lru_cache(maxsize=65_536)
 def kafka_topic(topic: str, cluster: str) -> str:
     # Atlas's Kafka hook: lower-case topic, '@', metadata namespace, no encoding.
     return f"{topic.lower()}@{cluster}"
 
 
+@lru_cache(maxsize=65_536)
 def uri_dataset(uri: str, cluster: str) -> str:
     # Atlas's hooks name paths '<uri>@<namespace>' without encoding; so do we, to meet them.
     return f"{uri}@{cluster}"

@@ -145,7 +145,9 @@ class Pipeline:
         states = self._load_states(refs_needing_state(updates))
         result = coalesce(updates, states)
         outcome.duplicates += result.duplicates
-        entities = [e for e in result.entities if self._needs_write(e)]
+        entities = [
+            e for e in result.entities if e.ref in result.states or self._changed_since_written(e)
+        ]
         started = time.perf_counter()
         written = self.target.write(entities) if entities else None
         outcome.write_seconds = time.perf_counter() - started
@@ -191,7 +193,7 @@ class Pipeline:
                 )
         return states
 
-    def _needs_write(self, entity: Entity) -> bool:
+    def _changed_since_written(self, entity: Entity) -> bool:
         """Immutable entities (data sets, schemas) already written unchanged are skipped."""
         return self._written.get(entity.ref) != _digest(entity)
 

@@ -41,12 +41,19 @@ def record_cost() -> Iterator[Figure]:
     baseline = _per_call_ns(lambda: histogram.observe(0.0123))
     ours = _per_call_ns(lambda: recorder.record(0.0123))
     yield Figure(
-        "record_median_cost", ours, "ns/call", "prometheus_client Histogram.observe", baseline,
+        "record_median_cost",
+        ours,
+        "ns/call",
+        "prometheus_client Histogram.observe",
+        baseline,
         target="ratio <= 0.5",
     )
     errors = _per_call_ns(lambda: recorder.record(0.0123, "timeout"), number=100_000)
     yield Figure(
-        "record_error_median_cost", errors, "ns/call", "prometheus_client Histogram.observe",
+        "record_error_median_cost",
+        errors,
+        "ns/call",
+        "prometheus_client Histogram.observe",
         baseline,
     )
 
@@ -75,7 +82,9 @@ def lifecycle_latency(bootstrap: str, calls: int = 20_000) -> Iterator[Figure]:
 
     # Floor: handing pre-encoded bytes of the same event straight to librdkafka.
     raw = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    value = single_object_framer()(to_avro(ModelEvent(envelope=envelope(), payload=scoring_stats())))
+    value = single_object_framer()(
+        to_avro(ModelEvent(envelope=envelope(), payload=scoring_stats()))
+    )
     floor = []
     for i in range(calls):
         started = time.perf_counter_ns()
@@ -91,19 +100,27 @@ def lifecycle_latency(bootstrap: str, calls: int = 20_000) -> Iterator[Figure]:
         dead = f"127.0.0.1:{s.getsockname()[1]}"
         for label, servers in (("broker_up", bootstrap), ("broker_down", dead)):
             config = EmitterConfig(
-                bootstrap_servers=servers, topic=f"bench.lifecycle.{uuid.uuid4().hex[:8]}",
-                queue_size=5_000, delivery_timeout_seconds=2, close_timeout_seconds=2,
+                bootstrap_servers=servers,
+                topic=f"bench.lifecycle.{uuid.uuid4().hex[:8]}",
+                queue_size=5_000,
+                delivery_timeout_seconds=2,
+                close_timeout_seconds=2,
             )
             emitter = Emitter(config, DEPLOYMENT)
-            samples = _lifecycle_latencies(emitter, calls) if label == "broker_up" else [
-                x for _ in range(1) for x in _unflushed_latencies(emitter, calls)
-            ]
+            samples = (
+                _lifecycle_latencies(emitter, calls)
+                if label == "broker_up"
+                else [x for _ in range(1) for x in _unflushed_latencies(emitter, calls)]
+            )
             emitter.close(2)
             yield Figure(
-                f"lifecycle_call_p99_{label}", _p99(samples), "us",
-                "confluent_kafka Producer.produce p99 (pre-encoded)", floor_p99,
-                target="value <= 20 us", extra={"max_us": round(max(samples), 1),
-                                                "dropped": emitter.stats().dropped_total},
+                f"lifecycle_call_p99_{label}",
+                _p99(samples),
+                "us",
+                "confluent_kafka Producer.produce p99 (pre-encoded)",
+                floor_p99,
+                target="value <= 20 us",
+                extra={"max_us": round(max(samples), 1), "dropped": emitter.stats().dropped_total},
             )
 
 
@@ -125,9 +142,16 @@ def throughput(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
     stats = scoring_stats()
     value = single_object_framer()(to_avro(ModelEvent(envelope=envelope(), payload=stats)))
 
-    raw = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                    "enable.idempotence": True, "compression.type": "lz4",
-                    "queue.buffering.max.messages": events * 2})
+    raw = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": events * 2,
+        }
+    )
     started = time.perf_counter()
     for _ in range(events):
         raw.produce("bench.raw", value=value, key=b"bench/bench-model")
@@ -136,8 +160,10 @@ def throughput(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
     raw_rate = events / (time.perf_counter() - started)
 
     config = EmitterConfig(
-        bootstrap_servers=bootstrap, topic=f"bench.throughput.{uuid.uuid4().hex[:8]}",
-        queue_size=events, close_timeout_seconds=120,
+        bootstrap_servers=bootstrap,
+        topic=f"bench.throughput.{uuid.uuid4().hex[:8]}",
+        queue_size=events,
+        close_timeout_seconds=120,
     )
     emitter = Emitter(config, DEPLOYMENT)
     started = time.perf_counter()
@@ -148,10 +174,13 @@ def throughput(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
     delivered = emitter.stats().delivered
     emitter.close()
     yield Figure(
-        "emitter_throughput", delivered / elapsed, "events/s",
-        "confluent_kafka Producer of pre-encoded bytes", raw_rate,
-        target="value >= 50000 events/s", extra={"events": events, "delivered": delivered,
-                                                 "bytes_per_event": len(value)},
+        "emitter_throughput",
+        delivered / elapsed,
+        "events/s",
+        "confluent_kafka Producer of pre-encoded bytes",
+        raw_rate,
+        target="value >= 50000 events/s",
+        extra={"events": events, "delivered": delivered, "bytes_per_event": len(value)},
     )
 
 

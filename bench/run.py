@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SUITES = ("emitter",)
+SUITES = ("emitter", "sink")
 
 
 def main() -> int:
@@ -17,6 +17,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.suite == "emitter":
         from bench.emitter_bench import run
+    else:
+        from bench.sink_bench import run
     for figure in run():
         print(figure.to_json(), flush=True)
     return 0

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -159,8 +162,24 @@ def _field_checks(cls: type) -> tuple[tuple[str, Check], ...]:
     return checks
 
 
+# Set while a decoder that has already checked every type (pydantic over Avro-decoded data)
+# builds events, so the same checks are not run twice on the sink's hot path.
+_types_already_checked: ContextVar[bool] = ContextVar("types_already_checked", default=False)
+
+
+@contextmanager
+def types_already_checked() -> Iterator[None]:
+    token = _types_already_checked.set(True)
+    try:
+        yield
+    finally:
+        _types_already_checked.reset(token)
+
+
 def check_fields(obj: Any) -> None:
     """Check and normalise (ints to floats, strings to enums, tuples to lists) in place."""
+    if _types_already_checked.get():
+        return
     cls = type(obj)
     for name, check in _field_checks(cls):
         value = getattr(obj, name)
@@ -170,6 +189,7 @@ def check_fields(obj: Any) -> None:
 
 
 MAX_NAME_LENGTH = 256
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_names(obj: Any, *names: str) -> None:
@@ -183,5 +203,5 @@ def check_names(obj: Any, *names: str) -> None:
             raise EventValueError(
                 f"{cls}.{name}: expected at most {MAX_NAME_LENGTH} characters, got {len(value)}"
             )
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if _CONTROL_CHARACTER.search(value):
             raise EventValueError(f"{cls}.{name}: control characters are not allowed: {value!r}")

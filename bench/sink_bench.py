@@ -1,0 +1,214 @@
+"""Sink figures: per-event pipeline cost against a consume+decode floor, events per write,
+and peak memory as the backlog grows.
+
+All messages are real: produced by the emitter to the real broker, consumed back with
+confluent-kafka. The target is the embedded SQLite catalog; its own time is measured and
+excluded from the pipeline figure, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import Figure, kafka_bootstrap
+from capture.config import EmitterConfig
+from capture.emitter import Emitter
+from capture.events import Deployment, ModelIdentity
+from tests.conftest import scoring_stats
+
+BATCH = 500
+
+
+def _fill(bootstrap: str, topic: str, events: int, deployments: int) -> None:
+    """``events`` ScoringStats over ``deployments`` servers (one model each), via the emitter."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    emitters = [
+        Emitter(
+            EmitterConfig(bootstrap_servers=bootstrap, topic=topic, queue_size=events + 1),
+            Deployment(server_kind="python", server_name=f"server-{i}", cluster="bench"),
+        )
+        for i in range(deployments)
+    ]
+    base = scoring_stats()
+    model = ModelIdentity(name="model", version="1")
+    # Windows end before now: the sink rightly refuses timestamps in the future.
+    first = datetime.now(UTC) - timedelta(seconds=60 * (events // deployments + 2))
+    for n in range(events):
+        emitter = emitters[n % deployments]
+        start = first + timedelta(seconds=60 * (n // deployments))
+        stats = type(base)(
+            window_start=start,
+            window_end=start + timedelta(seconds=60),
+            request_count=10,
+            error_count=1,
+            errors_by_kind={"timeout": 1},
+            latency=base.latency,
+        )
+        emitter._emit(model, stats)
+    for emitter in emitters:
+        emitter.close(120)
+        if emitter.stats().delivered == 0:
+            raise RuntimeError("the benchmark's events were not delivered")
+
+
+def _consumer(bootstrap: str, topic: str) -> Any:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
+def _floor(bootstrap: str, topic: str, events: int) -> float:
+    """Seconds to consume and decode every message with confluent-kafka and fastavro alone."""
+    from fastavro import schemaless_reader
+
+    from capture import contract
+
+    parsed = contract.current().parsed
+    consumer = _consumer(bootstrap, topic)
+    seen = 0
+    started = None
+    while seen < events:
+        batch = consumer.consume(BATCH, 1.0)
+        if started is None and batch:
+            started = time.perf_counter()
+        for message in batch:
+            if message.error():
+                continue
+            schemaless_reader(io.BytesIO(message.value()[10:]), parsed, None)
+            seen += 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return elapsed
+
+
+def _pipeline(bootstrap: str, topic: str, events: int) -> tuple[float, dict[str, int]]:
+    """Seconds of the sink's own per-event work (target time excluded), and write counts."""
+    from atlas_sink.decode import Decoder
+    from atlas_sink.pipeline import Pipeline, RawMessage
+    from atlas_sink.targets.local import LocalCatalog
+    from atlas_sink.translate import Rules
+
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = LocalCatalog(Path(tmp) / "bench.sqlite")
+        catalog.ensure_types()
+        pipeline = Pipeline(catalog, Decoder(), Rules())
+        consumer = _consumer(bootstrap, topic)
+        seen = 0
+        started = None
+        target_seconds = 0.0
+        counts = {"batches": 0, "events": 0, "entities_written": 0, "writes": 0}
+        while seen < events:
+            batch = consumer.consume(BATCH, 1.0)
+            if started is None and batch:
+                started = time.perf_counter()
+            raw = [
+                RawMessage(m.topic(), m.partition(), m.offset(), m.value(), m.key())
+                for m in batch
+                if not m.error()
+            ]
+            if not raw:
+                continue
+            outcome = pipeline.process(raw)
+            seen += len(raw)
+            target_seconds += outcome.write_seconds
+            counts["batches"] += 1
+            counts["events"] += outcome.decoded
+            counts["entities_written"] += outcome.entities_written
+            counts["writes"] += outcome.write_requests
+        elapsed = time.perf_counter() - (started or time.perf_counter()) - target_seconds
+        consumer.close()
+        catalog.close()
+    return elapsed, counts
+
+
+def throughput_and_coalescing(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
+    topic = f"bench.sink.{uuid.uuid4().hex[:8]}"
+    deployments = 100
+    _fill(bootstrap, topic, events, deployments)
+    floor = _floor(bootstrap, topic, events)
+    ours, counts = _pipeline(bootstrap, topic, events)
+    yield Figure(
+        "sink_pipeline_rate",
+        events / ours,
+        "events/s",
+        "confluent-kafka consume + fastavro decode alone",
+        events / floor,
+        target="ratio >= 0.5",
+        extra={"events": events, "batch": BATCH},
+    )
+    yield Figure(
+        "sink_events_per_entity_write",
+        counts["events"] / max(counts["entities_written"], 1),
+        "events/entity written",
+        extra={
+            **counts,
+            "deployments": deployments,
+            "max_entities_per_batch": deployments,
+            "target": "entities written per batch <= distinct entities changed (100)",
+            "entities_per_batch": round(counts["entities_written"] / counts["batches"], 1),
+        },
+    )
+
+
+def _peak_rss_of_run(bootstrap: str, topic: str, events: int) -> int:
+    """Peak RSS (KiB) of a fresh process that runs the sink pipeline over the topic."""
+    code = (
+        "import sys, resource; sys.path.insert(0, sys.argv[1]);"
+        "from bench.sink_bench import _pipeline;"
+        "_pipeline(sys.argv[2], sys.argv[3], int(sys.argv[4]));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code, root, bootstrap, topic, str(events)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def memory(bootstrap: str, small: int = 10_000, large: int = 1_000_000) -> Iterator[Figure]:
+    peaks = {}
+    for events in (small, large):
+        topic = f"bench.sink.mem.{uuid.uuid4().hex[:8]}"
+        _fill(bootstrap, topic, events, 100)
+        peaks[events] = _peak_rss_of_run(bootstrap, topic, events)
+    yield Figure(
+        "sink_peak_rss_growth",
+        peaks[large] / 1024,
+        "MiB",
+        f"peak RSS with a {small:,}-event backlog",
+        peaks[small] / 1024,
+        target="ratio close to 1 (flat)",
+        extra={"backlog_small": small, "backlog_large": large},
+    )
+
+
+def run() -> Iterator[Figure]:
+    bootstrap = kafka_bootstrap()
+    yield from throughput_and_coalescing(bootstrap)
+    yield from memory(bootstrap)
