@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE = REPO / ".run" / "tests"
+
+
+def _test_state() -> Path:
+    TEST_STATE.mkdir(parents=True, exist_ok=True)
+    return TEST_STATE
 
 
 def _docker_engine() -> bool:
@@ -35,13 +41,14 @@ def kafka() -> Iterator[str]:
     except ImportError:
         local_kafka = None  # type: ignore[assignment]
     if local_kafka is not None and shutil.which("java"):
-        state = TEST_STATE / "kafka"
+        # A state dir per test session: concurrent sessions never stop each other's broker.
+        state = Path(tempfile.mkdtemp(prefix="kafka-", dir=_test_state()))
         started = local_kafka.start(state)
         try:
             yield started.address
         finally:
-            if not started.already_running:
-                local_kafka.stop(state)
+            local_kafka.stop(state)
+            shutil.rmtree(state, ignore_errors=True)
         return
     if _docker_engine():  # pragma: no cover - no Docker engine on the CI machine
         from testcontainers.kafka import KafkaContainer
@@ -63,13 +70,13 @@ def registry() -> Iterator[str]:
     if shutil.which("java"):
         from local_services import registry as local_registry
 
-        state = TEST_STATE / "registry"
+        state = Path(tempfile.mkdtemp(prefix="registry-", dir=_test_state()))
         started = local_registry.start(state)
         try:
             yield started.address
         finally:
-            if not started.already_running:
-                local_registry.stop(state)
+            local_registry.stop(state)
+            shutil.rmtree(state, ignore_errors=True)
         return
     raise RuntimeError(  # pragma: no cover
         "no schema registry: set SCHEMA_REGISTRY_URL or install Java for the project's own"
@@ -81,7 +88,7 @@ def unique_topic(prefix: str) -> str:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(

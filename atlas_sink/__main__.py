@@ -1,0 +1,7 @@
+"""``python -m atlas_sink``: the same as the ``atlas-sink`` command."""
+
+import sys
+
+from atlas_sink.cli import main
+
+sys.exit(main())

@@ -1,0 +1,783 @@
+"""The long-lived loop that owns Kafka and offsets: consume a batch, run it through the
+pipeline, store its dead letters, and only then commit its offsets.
+
+Guarantees, and what gives them:
+- Nothing is committed before the target acknowledged the batch and the DLQ acknowledged
+  its dead letters; a crash anywhere before the commit means the batch is read again, and
+  the pipeline recognises what it had already applied (entity watermarks), so nothing
+  counts twice.
+- When the target is down, every assigned partition is paused and the one batch in hand
+  is retried with exponential backoff; the consumer keeps polling (so it stays in the group)
+  but fetches nothing, so memory stays at one batch whatever the backlog.
+- Refused credentials stop the sink (``SinkFatal``) instead of dead-lettering every event.
+- On a revocation the batch in hand is finished and committed if the target takes it at
+  once, and dropped uncommitted otherwise: the partition's next owner reads it again.
+
+Also here: ``replay`` (a fresh group reads from the beginning, or from a time, up to the end
+offsets seen at its start) and ``read_snapshot``, which both replay and the DLQ tools use.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO, TypeVar
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from atlas_sink import __version__
+from atlas_sink.config import SinkConfig
+from atlas_sink.dlq import DeadLetterProducer, header_list, position
+from atlas_sink.logs import throttled
+from atlas_sink.metrics import Health, SinkMetrics
+from atlas_sink.pipeline import BatchOutcome, DeadLetter, Pipeline, RawMessage
+from atlas_sink.targets import TargetAuthError, TargetUnavailable
+
+log = logging.getLogger("servemeta.sink.consumer")
+# What librdkafka reports (its log lines and error callbacks), once per kind per 30 s.
+kafka_log = throttled("servemeta.sink.kafka")
+
+# Exit codes of the sink process (the CLI uses them; listed here beside what raises them).
+EXIT_TARGET_AUTH = 3
+EXIT_KAFKA = 4
+
+# The loop checks for a stop request and beats its heartbeat at least this often.
+SLICE_SECONDS = 0.2
+LAG_INTERVAL_SECONDS = 2.0
+FIRST_BACKOFF_SECONDS = 0.5
+
+# Commit errors that mean the partitions moved to another member: the batch is theirs now.
+_LOST_GENERATION = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._STATE,
+}
+_FATAL_CODES = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._SSL,
+}
+
+T = TypeVar("T")
+
+
+class SinkFatal(Exception):
+    """The sink must stop: retrying cannot help. ``exit_code`` is the process's."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _CommitRetry(Exception):
+    """The commit failed for a reason that may pass (coordinator moving, timeout)."""
+
+
+def consumer_config(config: SinkConfig, group_id: str, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **config.kafka_client_config(),
+        "group.id": group_id,
+        "client.id": f"{group_id}-{__version__}",
+        # Offsets are committed by hand, after the target and the DLQ acknowledged.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # Events of aborted transactions never reach the catalog.
+        "isolation.level": "read_committed",
+        "log.connection.close": False,
+        "error_cb": _client_error,
+        # librdkafka's own log lines go through logging, so they come out as JSON too.
+        "logger": kafka_log,
+    }
+    conf.update(extra)
+    return conf
+
+
+def _client_error(err: KafkaError) -> None:
+    # librdkafka reconnects by itself; a fatal error surfaces again from consume().
+    level = logging.ERROR if err.fatal() else logging.WARNING
+    kafka_log.log(level, "Kafka client error: %s", err.str(), extra={"code": err.name()})
+
+
+def raw_message(msg: Message) -> RawMessage:
+    ts_type, ts = msg.timestamp()
+    return RawMessage(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        value=msg.value(),
+        key=msg.key(),
+        timestamp_ms=ts if ts_type else None,
+    )
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """What to commit after ``messages``: per partition, the offset after the last one."""
+    highest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic() or "", m.partition() or 0)
+        highest[key] = max(highest.get(key, -1), m.offset() or 0)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+
+
+def backoff_seconds(attempt: int, cap: float) -> float:
+    """Exponential with full jitter: many sinks recovering together do not stampede Atlas."""
+    ceiling = min(cap, FIRST_BACKOFF_SECONDS * 2 ** min(attempt, 30))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_unavailable(
+    action: Callable[[], T],
+    what: str,
+    stop: threading.Event,
+    cap: float,
+    health: Health | None = None,
+) -> T | None:
+    """Run ``action`` until the target takes it; None when stopped first."""
+    attempt = 0
+    while not stop.is_set():
+        if health is not None:
+            health.beat()  # waiting for the target is not being stuck
+        try:
+            result = action()
+        except TargetUnavailable as exc:
+            wait = backoff_seconds(attempt, cap)
+            attempt += 1
+            if health is not None:
+                health.set_backoff(str(exc))
+            log.warning(
+                "%s: target unavailable, retrying",
+                what,
+                extra={"error": str(exc), "retry_in": wait},
+            )
+            stop.wait(wait)
+            continue
+        if health is not None:
+            health.set_backoff(None)
+        return result
+    return None
+
+
+@dataclass
+class Totals:
+    batches: int = 0
+    consumed: int = 0
+    decoded: int = 0
+    duplicates: int = 0
+    updates: int = 0
+    entities_written: int = 0
+    committed: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    dropped_uncommitted: int = 0
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.batches += 1
+        self.consumed += outcome.consumed
+        self.decoded += outcome.decoded
+        self.duplicates += outcome.duplicates
+        self.updates += outcome.updates
+        self.entities_written += outcome.entities_written
+        for letter in outcome.dead:
+            self.dead_lettered[letter.reason] = self.dead_lettered.get(letter.reason, 0) + 1
+
+
+@dataclass
+class _InHand:
+    """The one batch the loop holds: read, maybe written, not yet committed."""
+
+    messages: list[Message]
+    outcome: BatchOutcome | None = None
+    undelivered: list[DeadLetter] = field(default_factory=list)
+    attempts: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def raw(self) -> list[RawMessage]:
+        return [raw_message(m) for m in self.messages]
+
+
+class SinkConsumer:
+    """``start()``, then ``step()`` until stopped (``run()`` does both), then ``close()``.
+
+    ``make_pipeline`` builds a pipeline with empty caches; a new one is made at every
+    assignment, because while a partition was owned by another member its entities changed
+    in the target, and cached states from before would undo those changes (lost totals).
+    """
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        make_pipeline: Callable[[], Pipeline],
+        *,
+        metrics: SinkMetrics | None = None,
+        health: Health | None = None,
+        stop: threading.Event | None = None,
+        consumer: Consumer | None = None,
+        dlq: DeadLetterProducer | None = None,
+    ) -> None:
+        self.config = config
+        self._make_pipeline = make_pipeline
+        self.pipeline = make_pipeline()
+        self.metrics = metrics or SinkMetrics()
+        self.health = health or Health()
+        self.stop = stop or threading.Event()
+        self.totals = Totals()
+        self._consumer = consumer or Consumer(consumer_config(config, config.group_id))
+        self._dlq = dlq or DeadLetterProducer(config, stop=self.stop)
+        self._in_hand: _InHand | None = None
+        self._collecting: list[Message] = []
+        self._paused = False
+        self._closing = False
+        self._closed = False
+        self._last_lag = 0.0
+        self._warned: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            list(self.config.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "consuming",
+            extra={
+                "topics": list(self.config.topics),
+                "group_id": self.config.group_id,
+                "target": self.pipeline.target.name,
+                "dlq_topic": self.config.dlq_topic,
+            },
+        )
+
+    def run(self) -> Totals:
+        """Until ``stop`` is set or a ``SinkFatal``; the consumer is closed either way."""
+        self.start()
+        try:
+            while not self.stop.is_set():
+                self.step()
+            self._finish_in_hand()
+        finally:
+            self.close()
+        return self.totals
+
+    def close(self) -> None:
+        """Leave the group. Nothing unprocessed is committed: the batch in hand is dropped."""
+        if self._closed:
+            return
+        self._closing = True
+        self.health.set_stopping()
+        if self._in_hand is not None or self._collecting:
+            self._drop_in_hand("closing")
+        self._dlq.close(timeout=2.0)
+        self._consumer.close()
+        self._closed = True
+        log.info("consumer closed", extra={"totals": self.totals.__dict__})
+
+    # -- one turn of the loop -------------------------------------------------------------
+
+    def step(self) -> None:
+        """Collect and handle one batch, or wait out (part of) a backoff."""
+        self.health.beat()
+        in_hand = self._in_hand
+        if in_hand is not None:
+            wait = in_hand.retry_at - time.monotonic()
+            if wait > 0:
+                self._poll_paused(min(wait, SLICE_SECONDS))
+            else:
+                self._advance(in_hand)
+        else:
+            batch = self._collect()
+            if batch:
+                self._in_hand = _InHand(batch)
+                self._advance(self._in_hand)
+        self._update_lag()
+
+    def _collect(self) -> list[Message]:
+        """Up to batch_max_messages, within batch_max_wait_seconds (or until stopped)."""
+        limit = self.config.batch_max_messages
+        deadline = time.monotonic() + self.config.batch_max_wait_seconds
+        self._collecting = []
+        while len(self._collecting) < limit and not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            messages = self._consumer.consume(
+                limit - len(self._collecting), timeout=min(remaining, SLICE_SECONDS)
+            )
+            self.health.beat()
+            for msg in messages:
+                if msg.error() is None:
+                    self._collecting.append(msg)
+                else:
+                    self._message_error(msg)
+        # A revocation during consume() may have handled (and emptied) what was collected.
+        batch, self._collecting = self._collecting, []
+        return batch
+
+    def _advance(self, in_hand: _InHand) -> None:
+        """Take the batch as far as it goes: write, dead letters, commit."""
+        try:
+            if in_hand.outcome is None:
+                outcome = self.pipeline.process(in_hand.raw)
+                in_hand.outcome = outcome
+                in_hand.undelivered = list(outcome.dead)
+                self.metrics.record_batch(outcome)
+                self.totals.add(outcome)
+                if outcome.dead:
+                    log.info(
+                        "dead letters in batch",
+                        extra={"by_reason": _by_reason(outcome.dead), "batch": outcome.consumed},
+                    )
+            if in_hand.undelivered:
+                headers = {_position(m): header_list(m.headers()) for m in in_hand.messages}
+                in_hand.undelivered = self._dlq.send(
+                    in_hand.undelivered, lambda d: headers.get(position(d), [])
+                )
+                if in_hand.undelivered:
+                    raise _Retry("dlq", f"{len(in_hand.undelivered)} dead letters not stored")
+            self._commit(next_offsets(in_hand.messages))
+        except TargetAuthError as exc:
+            raise SinkFatal(
+                f"the target {self.pipeline.target.name} refused the sink's credentials: {exc}. "
+                "Fix ATLAS_USERNAME / ATLAS_PASSWORD (or the target's access rules) and restart; "
+                "nothing was committed, so no event is lost.",
+                EXIT_TARGET_AUTH,
+            ) from None
+        except TargetUnavailable as exc:
+            self._back_off(in_hand, "target", str(exc))
+            return
+        except _Retry as exc:
+            self._back_off(in_hand, exc.stage, exc.detail)
+            return
+        except _LostPartitions as exc:
+            log.warning(
+                "commit refused: the partitions moved to another member, which reads the "
+                "batch again (its events are recognised as already applied)",
+                extra={"error": str(exc), "messages": len(in_hand.messages)},
+            )
+            self.totals.dropped_uncommitted += len(in_hand.messages)
+        else:
+            self.totals.committed += len(in_hand.messages)
+        self._in_hand = None
+        if self._paused:
+            self._resume()
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        try:
+            results = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and err.code() in _LOST_GENERATION:
+                raise _LostPartitions(str(exc)) from None
+            if err is not None and err.code() in _FATAL_CODES:
+                raise SinkFatal(_fatal_message(err), EXIT_KAFKA) from None
+            raise _Retry("commit", str(exc)) from None
+        for tp in results or []:
+            if tp.error is not None:
+                if tp.error.code() in _LOST_GENERATION:
+                    raise _LostPartitions(tp.error.str())
+                raise _Retry("commit", f"{tp.topic}[{tp.partition}]: {tp.error.str()}")
+        self.metrics.commits.inc()
+
+    # -- backoff --------------------------------------------------------------------------
+
+    def _back_off(self, in_hand: _InHand, stage: str, detail: str) -> None:
+        wait = backoff_seconds(in_hand.attempts, self.config.retry_max_seconds)
+        in_hand.attempts += 1
+        in_hand.retry_at = time.monotonic() + wait
+        self.metrics.target_failures.labels(stage).inc()
+        self.health.set_backoff(f"{stage}: {detail}")
+        if not self._paused:
+            assignment = self._consumer.assignment()
+            self._consumer.pause(assignment)
+            self._paused = True
+            self.metrics.paused.set(1)
+        log.warning(
+            "batch not done, partitions paused; retrying",
+            extra={
+                "stage": stage,
+                "error": detail,
+                "attempt": in_hand.attempts,
+                "retry_in_seconds": round(wait, 2),
+                "messages": len(in_hand.messages),
+            },
+        )
+
+    def _resume(self) -> None:
+        self._consumer.resume(self._consumer.assignment())
+        self._paused = False
+        self.metrics.paused.set(0)
+        self.health.set_backoff(None)
+        log.info("target back; partitions resumed")
+
+    def _poll_paused(self, timeout: float) -> None:
+        """Stay in the group while paused. Nothing should arrive; if messages fetched before
+        the pause do, seek back to the first of each partition so they are read after the
+        resume (one seek per partition: a later seek would skip the earlier messages)."""
+        first: dict[tuple[str, int], int] = {}
+        for msg in self._consumer.consume(self.config.batch_max_messages, timeout=timeout):
+            if msg.error() is not None:
+                self._message_error(msg)
+                continue
+            key = (msg.topic() or "", msg.partition() or 0)
+            first[key] = min(first.get(key, msg.offset() or 0), msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+
+    # -- rebalances -----------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": _names(partitions)})
+        self.pipeline = self._make_pipeline()
+        self.health.set_assigned(len(partitions))
+        self.metrics.assigned.set(len(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+        if not self._closing:
+            self._finish_in_hand()
+        self._in_hand = None
+        self._collecting = []
+        self._paused = False
+        self.metrics.paused.set(0)
+        self.health.set_backoff(None)
+        self.health.set_assigned(0)
+        self.metrics.assigned.set(0)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group already gave them away: committing would fail, processing is wasted.
+        log.warning("partitions lost", extra={"partitions": _names(partitions)})
+        self._paused = False
+        self.metrics.paused.set(0)
+        self.health.set_backoff(None)
+        self._drop_in_hand("partitions lost")
+        self.health.set_assigned(0)
+        self.metrics.assigned.set(0)
+
+    def _finish_in_hand(self) -> None:
+        """One attempt to complete what is in hand (no backoff); otherwise drop it."""
+        if self._collecting and self._in_hand is None:
+            self._in_hand = _InHand(self._collecting)
+            self._collecting = []
+        in_hand = self._in_hand
+        if in_hand is None:
+            return
+        if in_hand.attempts == 0 or time.monotonic() >= in_hand.retry_at:
+            self._advance(in_hand)
+        if self._in_hand is not None:
+            self._drop_in_hand("target not available in time")
+
+    def _drop_in_hand(self, why: str) -> None:
+        messages = (self._in_hand.messages if self._in_hand else []) + self._collecting
+        if messages:
+            log.warning(
+                "dropping the batch in hand uncommitted; it is read again later",
+                extra={"why": why, "messages": len(messages)},
+            )
+            self.totals.dropped_uncommitted += len(messages)
+        self._in_hand = None
+        self._collecting = []
+
+    # -- errors and lag -------------------------------------------------------------------
+
+    def _message_error(self, msg: Message) -> None:
+        err = msg.error()
+        assert err is not None
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal() or err.code() in _FATAL_CODES:
+            raise SinkFatal(_fatal_message(err), EXIT_KAFKA)
+        key = f"{err.name()}:{msg.topic()}"
+        if key not in self._warned:  # e.g. a topic not created yet: once, not every poll
+            self._warned.add(key)
+            log.warning(
+                "Kafka reported an error while consuming",
+                extra={"code": err.name(), "error": err.str(), "topic": msg.topic()},
+            )
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_SECONDS:
+            return
+        self._last_lag = now
+        assignment = self._consumer.assignment()
+        if not assignment:
+            self.metrics.set_lag({})
+            return
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.position(assignment):
+            try:
+                # Cached: the values of the last fetch response, no broker round trip.
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            current = tp.offset if tp.offset >= 0 else low
+            if self._in_hand is not None:  # held but not committed: still lag
+                held = [m.offset() or 0 for m in self._in_hand.messages if _same(m, tp)]
+                current = min([current, *held])
+            lags[(tp.topic, tp.partition)] = max(high - current, 0)
+        self.metrics.set_lag(lags)
+
+
+class _Retry(Exception):
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(detail)
+        self.stage = stage
+        self.detail = detail
+
+
+class _LostPartitions(Exception):
+    pass
+
+
+def _position(msg: Message) -> tuple[str, int, int]:
+    return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _same(msg: Message, tp: TopicPartition) -> bool:
+    return msg.topic() == tp.topic and msg.partition() == tp.partition
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
+
+
+def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for letter in letters:
+        counts[letter.reason] = counts.get(letter.reason, 0) + 1
+    return counts
+
+
+def _fatal_message(err: KafkaError) -> str:
+    return (
+        f"Kafka refused the sink: {err.name()}: {err.str()}. Check KAFKA_SECURITY_PROTOCOL, "
+        "KAFKA_SASL_* / KAFKA_SSL_* and the ACLs for the topics and the consumer group, then "
+        "restart; nothing was committed."
+    )
+
+
+# -- bounded reads: replay and the DLQ tools ---------------------------------------------------
+
+
+def read_snapshot(
+    config: SinkConfig,
+    topics: Sequence[str],
+    *,
+    since: datetime | None = None,
+    stop: threading.Event | None = None,
+    purpose: str = "replay",
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    consumer: Consumer | None = None,
+) -> Iterator[list[Message]]:
+    """Batches of every message from the beginning (or from ``since``) up to the end offsets
+    the topics had when this started; a fresh group id, nothing committed."""
+    group = f"{config.group_id}.{purpose}.{uuid.uuid4().hex[:12]}"
+    kafka = consumer or Consumer(consumer_config(config, group, **{"enable.partition.eof": True}))
+    stop = stop or threading.Event()
+    try:
+        starts, ends = _bounds(kafka, topics, since)
+        total = sum(ends[k] - starts[k] for k in starts)
+        remaining = {k for k in starts if starts[k] < ends[k]}
+        kafka.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in sorted(remaining)])
+        done = 0
+        if progress:
+            progress(done, total)
+        limit = batch_size or config.batch_max_messages
+        while remaining and not stop.is_set():
+            batch: list[Message] = []
+            for msg in kafka.consume(limit, timeout=SLICE_SECONDS):
+                key = (msg.topic() or "", msg.partition() or 0)
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        # EOF at or past the end seen at the start: nothing older is left.
+                        if (msg.offset() or 0) >= ends.get(key, 0):
+                            _finish(kafka, key, remaining)
+                        continue
+                    if err.fatal() or err.code() in _FATAL_CODES:
+                        raise SinkFatal(_fatal_message(err), EXIT_KAFKA)
+                    log.warning("error while reading %s: %s", key, err.str())
+                    continue
+                offset = msg.offset() or 0
+                if key not in remaining or offset >= ends[key]:
+                    continue  # newer than the snapshot
+                batch.append(msg)
+                if offset >= ends[key] - 1:
+                    _finish(kafka, key, remaining)
+            if batch:
+                done += len(batch)
+                yield batch
+                if progress:
+                    progress(done, total)
+    finally:
+        kafka.close()
+
+
+def _bounds(
+    kafka: Consumer, topics: Sequence[str], since: datetime | None
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    starts: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        metadata = kafka.list_topics(topic, timeout=10)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise SinkFatal(
+                f"topic {topic!r} does not exist or cannot be described "
+                f"({info.error if info is not None else 'no metadata'}): check SINK_TOPICS / "
+                "SINK_DLQ_TOPIC and the broker",
+                EXIT_KAFKA,
+            )
+        partitions = [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        if since is not None:
+            millis = int(since.timestamp() * 1000)
+            found = kafka.offsets_for_times(
+                [TopicPartition(topic, p.partition, millis) for p in partitions], timeout=10
+            )
+            by_partition = {tp.partition: tp.offset for tp in found}
+        for tp in partitions:
+            low, high = kafka.get_watermark_offsets(tp, timeout=10)
+            key = (topic, tp.partition)
+            ends[key] = high
+            start = low
+            if since is not None:
+                found_offset = by_partition.get(tp.partition, -1)
+                # -1: no message at or after that time, so nothing to read here.
+                start = high if found_offset < 0 else max(found_offset, low)
+            starts[key] = start
+    return starts, ends
+
+
+def _finish(kafka: Consumer, key: tuple[str, int], remaining: set[tuple[str, int]]) -> None:
+    if key in remaining:
+        remaining.discard(key)
+        kafka.pause([TopicPartition(key[0], key[1])])
+
+
+@dataclass
+class ReplayResult:
+    messages: int = 0
+    decoded: int = 0
+    duplicates: int = 0
+    updates: int = 0
+    entities_written: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    complete: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def replay(
+    config: SinkConfig,
+    pipeline: Pipeline,
+    *,
+    since: datetime | None = None,
+    stop: threading.Event | None = None,
+    progress: TextIO | None = None,
+    consumer: Consumer | None = None,
+) -> ReplayResult:
+    """Rebuild the target from the topics. Dead letters are counted, not produced again: the
+    live sink already stored them. Raises ``SinkFatal`` on refused credentials."""
+    stop = stop or threading.Event()
+    result = ReplayResult()
+    bar = ProgressBar(progress) if progress is not None else None
+    started = time.monotonic()
+    try:
+        for batch in read_snapshot(
+            config,
+            list(config.topics),
+            since=since,
+            stop=stop,
+            progress=bar.update if bar else None,
+            consumer=consumer,
+        ):
+            raw = [raw_message(m) for m in batch]
+
+            def process(raw: list[RawMessage] = raw) -> BatchOutcome:
+                return pipeline.process(raw)
+
+            try:
+                outcome = retry_unavailable(
+                    process,
+                    "replay batch",
+                    stop,
+                    config.retry_max_seconds,
+                )
+            except TargetAuthError as exc:
+                raise SinkFatal(
+                    f"the target {pipeline.target.name} refused the credentials: {exc}",
+                    EXIT_TARGET_AUTH,
+                ) from None
+            if outcome is None:  # stopped while the target was down
+                break
+            result.messages += outcome.consumed
+            result.decoded += outcome.decoded
+            result.duplicates += outcome.duplicates
+            result.updates += outcome.updates
+            result.entities_written += outcome.entities_written
+            for reason, count in _by_reason(outcome.dead).items():
+                result.dead_letters[reason] = result.dead_letters.get(reason, 0) + count
+    finally:
+        if bar is not None:
+            bar.close()
+    result.complete = not stop.is_set()
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+class ProgressBar:
+    """``[#####.....]  42%  4200/10000 messages  1234/s`` redrawn with a carriage return."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO = sys.stderr, min_interval: float = 0.2) -> None:
+        self.stream = stream
+        self.min_interval = min_interval
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._line = ""
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self.min_interval and done < total:
+            return
+        self._last = now
+        fraction = done / total if total else 1.0
+        filled = int(fraction * self.WIDTH)
+        rate = done / max(now - self._started, 1e-9)
+        self._line = (
+            f"\rreplay [{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%}  "
+            f"{done}/{total} messages  {rate:.0f}/s"
+        )
+        self.stream.write(self._line)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._line:
+            self.stream.write("\n")
+            self.stream.flush()
