@@ -156,8 +156,10 @@ class _Stopper:
 def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
     from atlas_sink.consumer import SinkConsumer, retry_unavailable
     from atlas_sink.metrics import Health, MetricsServer, SinkMetrics
+    from atlas_sink.pipeline import tune_gc_for_streaming
 
     config.require_kafka()
+    tune_gc_for_streaming()
     metrics, health = SinkMetrics(), Health()
     try:
         server = MetricsServer(metrics, health, config.metrics_host, config.metrics_port).start()
@@ -207,8 +209,10 @@ def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
 
 def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
     from atlas_sink.consumer import replay
+    from atlas_sink.pipeline import tune_gc_for_streaming
 
     config.require_kafka()
+    tune_gc_for_streaming()
     stopper = _Stopper(config.shutdown_timeout_seconds).install()
     since = None if args.from_beginning else args.from_time
     target = build_target(config)

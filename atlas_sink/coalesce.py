@@ -40,15 +40,17 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
     new_states: dict[Ref, EntityState] = {}
     applied: set[Ref] = set()
     result = Coalesced(entities=[], states=new_states)
+    count = 0
     for update in updates:
-        result.updates += 1
-        ref = update.ref
+        count += 1
+        ref = Ref(update.type_name, update.qualified_name)
         entity = entities.get(ref)
         if entity is None:
             entity = entities[ref] = Entity(update.type_name, update.qualified_name)
-        for name in update.classifications:
-            if name not in entity.classifications:
-                entity.classifications.append(name)
+        if update.classifications:
+            for name in update.classifications:
+                if name not in entity.classifications:
+                    entity.classifications.append(name)
         if update.key is None:
             entity.attributes.update(update.values)
             entity.references.update(update.references)
@@ -67,19 +69,31 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             continue
         applied.add(ref)
         state.mark(key)
-        for name, delta in update.totals.items():
-            state.totals[name] = state.totals.get(name, 0) + delta
+        if update.totals:
+            totals = state.totals
+            for name, delta in update.totals.items():
+                totals[name] = totals.get(name, 0) + delta
+        moment = key.event_time
+        if moment >= state.last_event_time:
+            # The usual case, events in order: newer than anything applied, so every value
+            # wins (each attribute's time is at most last_event_time).
+            state.times.update(dict.fromkeys(update.values, moment))
+            entity.attributes.update(update.values)
+            if update.references:
+                state.times.update(dict.fromkeys(update.references, moment))
+                entity.references.update(update.references)
+            state.last_event_time = moment
+            state.last_event_id = update.event_id
+            continue
         for name, value in update.values.items():
-            if state.times.get(name, -1) <= key.event_time:
-                state.times[name] = key.event_time
+            if state.times.get(name, -1) <= moment:
+                state.times[name] = moment
                 entity.attributes[name] = value
         for name, target in update.references.items():
-            if state.times.get(name, -1) <= key.event_time:
-                state.times[name] = key.event_time
+            if state.times.get(name, -1) <= moment:
+                state.times[name] = moment
                 entity.references[name] = target
-        if key.event_time >= state.last_event_time:
-            state.last_event_time = key.event_time
-            state.last_event_id = update.event_id
+    result.updates = count
     # An entity whose every update was a duplicate needs no write.
     result.entities = [entities[ref] for ref in entities if ref in applied]
     for entity in result.entities:

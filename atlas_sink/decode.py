@@ -14,13 +14,26 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from fastavro import parse_schema, schemaless_reader
 from pydantic import TypeAdapter, ValidationError
 
 from capture import contract
-from capture.events import PAYLOAD_TYPES, Envelope, ModelEvent, Payload
+from capture.events import (
+    PAYLOAD_TYPES,
+    Deployment,
+    Envelope,
+    FeatureSummary,
+    LatencySummary,
+    LogSketch,
+    ModelEvent,
+    ModelIdentity,
+    Payload,
+    Producer,
+    ScoringStats,
+)
 from capture.framing import FramingError, parse_frame, subject_for
 from capture.typecheck import types_already_checked
 
@@ -48,7 +61,6 @@ class _Writer:
     same_as_reader: bool
 
 
-_ENVELOPE = TypeAdapter(Envelope)
 _PAYLOADS = {name: TypeAdapter(cls) for name, cls in PAYLOAD_TYPES.items()}
 
 # Unknown fingerprints are looked up in the registry at most this often.
@@ -60,8 +72,10 @@ class Decoder:
         self._registry = registry
         self._topics = topics
         self._reader = contract.current()
+        self._reader_parsed = _without_logical_types(self._reader.text)
         self._by_fingerprint: dict[bytes, _Writer] = {
-            fp: self._writer(c.parsed, c.fingerprint) for fp, c in contract.by_fingerprint().items()
+            fp: self._writer(_without_logical_types(c.text), fp)
+            for fp, c in contract.by_fingerprint().items()
         }
         self._by_id: dict[int, _Writer] = {}
         self._lock = threading.Lock()
@@ -92,7 +106,7 @@ class Decoder:
             record = schemaless_reader(
                 body,
                 writer.parsed,
-                None if writer.same_as_reader else self._reader.parsed,
+                None if writer.same_as_reader else self._reader_parsed,
                 return_record_name=True,
                 return_record_name_override=True,
             )
@@ -134,12 +148,13 @@ class Decoder:
 
     def _parse_registered(self, text: str, what: str) -> _Writer:
         try:
-            parsed = parse_schema(json.loads(text))
+            fp = contract.fingerprint_of(parse_schema(json.loads(text)))
+            parsed = _without_logical_types(text)
         except Exception as exc:
             raise DecodeError(
                 "unknown_schema_id", f"{what} is not a valid Avro schema: {exc}"
             ) from None
-        return self._writer(parsed, contract.fingerprint_of(parsed))
+        return self._writer(parsed, fp)
 
     def _writer_by_fingerprint(self, fp: bytes) -> _Writer:
         writer = self._by_fingerprint.get(fp)
@@ -166,17 +181,66 @@ class Decoder:
                 versions = self._registry.get_versions(subject)
                 for version in versions:
                     registered = self._registry.get_version(subject, version)
-                    parsed = parse_schema(json.loads(registered.schema.schema_str))
-                    fp = contract.fingerprint_of(parsed)
-                    self._by_fingerprint.setdefault(fp, self._writer(parsed, fp))
+                    text = registered.schema.schema_str
+                    fp = contract.fingerprint_of(parse_schema(json.loads(text)))
+                    self._by_fingerprint.setdefault(
+                        fp, self._writer(_without_logical_types(text), fp)
+                    )
             except Exception:  # an unreachable registry leaves the fingerprint unknown
                 continue
+
+
+def _strip(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_strip(v) for v in schema]
+    return schema
+
+
+def _without_logical_types(text: str) -> Any:
+    """The schema read as its underlying types (uuid as string, timestamps as long).
+
+    Logical types do not change the bytes, so reading with them stripped is exact; it spares
+    fastavro a UUID object and three datetimes per event that ``_to_event`` would only turn
+    back into a string and microseconds. Timestamps become datetimes once, in ``_to_event``.
+    """
+    return parse_schema(_strip(json.loads(text)))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+# Identities repeat on every event of a producer: each distinct one is validated once (all
+# its checks, names included) and then reused. Bounded: cleared when full.
+_IDENTITIES: dict[type, dict[tuple[Any, ...], Any]] = {
+    Producer: {},
+    Deployment: {},
+    ModelIdentity: {},
+}
+_MAX_IDENTITIES = 10_000
+_IDENTITY_ADAPTERS: dict[type, TypeAdapter[Any]] = {cls: TypeAdapter(cls) for cls in _IDENTITIES}
+
+
+def _identity(cls: type, data: dict[str, Any]) -> Any:
+    known = _IDENTITIES[cls]
+    key = tuple(data.values())
+    found = known.get(key)
+    if found is None:
+        found = _IDENTITY_ADAPTERS[cls].validate_python(data)
+        if len(known) >= _MAX_IDENTITIES:
+            known.clear()
+        known[key] = found
+    return found
 
 
 def _to_event(record: dict[str, Any]) -> ModelEvent:
     try:
         envelope_data = record["envelope"]
-        envelope_data["event_id"] = str(envelope_data["event_id"])
         name, payload_data = record["payload"]
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError("shape", f"expected envelope and a tagged payload: {exc}") from None
@@ -187,13 +251,53 @@ def _to_event(record: dict[str, Any]) -> ModelEvent:
             f"payload type {name!r} is not one of {sorted(PAYLOAD_TYPES)}: upgrade the sink",
         )
     try:
-        # pydantic checks every type; the dataclasses' own checks would repeat it.
+        producer = _identity(Producer, envelope_data["producer"])
+        deployment = _identity(Deployment, envelope_data["deployment"])
+        model = _identity(ModelIdentity, envelope_data["model"])
+        # The Avro schema has typed every scalar already; pydantic checks the nested payloads,
+        # so the dataclasses' own type checks would only repeat the work.
         with types_already_checked():
-            envelope = _ENVELOPE.validate_python(envelope_data)
-            payload: Payload = adapter.validate_python(payload_data)
+            envelope = Envelope(
+                event_id=envelope_data["event_id"],
+                event_time=_moment(envelope_data["event_time"]),
+                producer=producer,
+                sequence=envelope_data["sequence"],
+                deployment=deployment,
+                model=model,
+            )
+            payload: Payload = (
+                _scoring_stats(payload_data)
+                if name == ScoringStats.AVRO_NAME
+                else adapter.validate_python(payload_data)
+            )
+            return ModelEvent(envelope=envelope, payload=payload)
     except ValidationError as exc:
         raise DecodeError("validation", _summarise(exc)) from None
-    return ModelEvent(envelope=envelope, payload=payload)
+    except (KeyError, TypeError) as exc:
+        raise DecodeError("shape", f"the record lacks {exc}") from None
+
+
+def _scoring_stats(data: dict[str, Any]) -> ScoringStats:
+    """The high-volume payload, built directly: its fields are all scalars, lists and maps
+    that Avro has typed, so pydantic would add a copy and nothing it could catch."""
+    latency = data["latency"]
+    return ScoringStats(
+        window_start=_moment(data["window_start"]),
+        window_end=_moment(data["window_end"]),
+        request_count=data["request_count"],
+        error_count=data["error_count"],
+        errors_by_kind=data["errors_by_kind"],
+        latency=LatencySummary(
+            min=latency["min"],
+            max=latency["max"],
+            mean=latency["mean"],
+            p50=latency["p50"],
+            p95=latency["p95"],
+            p99=latency["p99"],
+            sketch=LogSketch(**latency["sketch"]),
+        ),
+        features=[FeatureSummary(**feature) for feature in data["features"]],
+    )
 
 
 def _summarise(exc: ValidationError) -> str:

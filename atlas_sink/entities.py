@@ -12,8 +12,10 @@ is written in the same entity as the values it guards, so it survives with the c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 # Attributes every mutable entity type carries (see deploy/atlas/servemeta_typedefs.json).
 LAST_EVENT_TIME = "lastEventTime"
@@ -26,16 +28,18 @@ WATERMARKS = "producerWatermarks"
 MAX_WATERMARKS = 64
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Ref:
+# Ref, EventKey and Update are named tuples rather than frozen dataclasses: they are made
+# and hashed several times per event on the sink's hot path, and tuples do both in C.
+
+
+class Ref(NamedTuple):
     """A reference to an entity by its unique attribute."""
 
     type_name: str
     qualified_name: str
 
 
-@dataclass(frozen=True, slots=True)
-class EventKey:
+class EventKey(NamedTuple):
     event_time: int  # microseconds since the epoch
     producer: str  # "<instance_id>/<model>": the Kafka key's order holds within it
     sequence: int
@@ -121,8 +125,11 @@ class Entity:
         return Ref(self.type_name, self.qualified_name)
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+_NO_REFERENCES: Mapping[str, Ref | list[Ref]] = MappingProxyType({})
+_NO_TOTALS: Mapping[str, int] = MappingProxyType({})
+
+
+class Update(NamedTuple):
     """One event's contribution to one entity, before coalescing.
 
     ``values`` apply only when the event is the newest seen for the entity; ``totals`` are
@@ -133,11 +140,11 @@ class Update:
     type_name: str
     qualified_name: str
     values: dict[str, Any]
-    references: dict[str, Ref | list[Ref]] = field(default_factory=dict)
+    references: Mapping[str, Ref | list[Ref]] = _NO_REFERENCES
     classifications: tuple[str, ...] = ()
     key: EventKey | None = None
     event_id: str | None = None
-    totals: dict[str, int] = field(default_factory=dict)
+    totals: Mapping[str, int] = _NO_TOTALS
 
     @property
     def ref(self) -> Ref:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from atlas_sink import naming
@@ -23,6 +24,7 @@ from atlas_sink.entities import EventKey, Ref, Update
 from capture.events import (
     DataSchema,
     DataSource,
+    Deployment,
     ModelEvent,
     ModelLoaded,
     ModelLoadFailed,
@@ -76,20 +78,18 @@ class Rules:
         return [r.classification for r in self.rules if r.matches_field(name)]
 
 
-@dataclass
 class _Context:
-    event: ModelEvent
-    rules: Rules
-    cluster: str = field(init=False)
-    key: EventKey = field(init=False)
+    """What every rule needs to know about the event being translated."""
 
-    def __post_init__(self) -> None:
-        env = self.event.envelope
+    __slots__ = ("cluster", "event", "key", "rules")
+
+    def __init__(self, event: ModelEvent, rules: Rules) -> None:
+        env = event.envelope
+        self.event = event
+        self.rules = rules
         self.cluster = env.deployment.cluster
         self.key = EventKey(
-            event_time=micros(env.event_time),
-            producer=f"{env.producer.instance_id}/{env.model.name}",
-            sequence=env.sequence,
+            micros(env.event_time), f"{env.producer.instance_id}/{env.model.name}", env.sequence
         )
 
     def mutable(
@@ -155,13 +155,19 @@ def _deployment_ref(ctx: _Context) -> Ref:
 def _deployment_identity(ctx: _Context) -> dict[str, object]:
     """Written with every deployment update, so even a first stats window makes a valid entity."""
     env = ctx.event.envelope
+    return _identity_of(env.deployment, env.model.name)
+
+
+@lru_cache(maxsize=4096)
+def _identity_of(deployment: Deployment, model_name: str) -> dict[str, object]:
+    # Cached per deployment and model: callers spread it into a new dict, never mutate it.
     return {
-        "name": f"{env.deployment.server_name} serving {env.model.name}",
-        "serverKind": env.deployment.server_kind,
-        "serverName": env.deployment.server_name,
-        "cluster": env.deployment.cluster,
-        "environment": env.deployment.environment,
-        "modelName": env.model.name,
+        "name": f"{deployment.server_name} serving {model_name}",
+        "serverKind": deployment.server_kind,
+        "serverName": deployment.server_name,
+        "cluster": deployment.cluster,
+        "environment": deployment.environment,
+        "modelName": model_name,
     }
 
 

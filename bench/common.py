@@ -37,3 +37,21 @@ def kafka_bootstrap() -> str:
     from local_services import kafka
 
     return kafka.start().address
+
+
+def realistic_scoring_stats(requests: int = 1_000, seed: int = 7) -> Any:
+    """A ScoringStats window as the recorder makes it for ``requests`` lognormal latencies
+    (median 5 ms): its sketch has the hundred-odd buckets real windows have."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from capture.stats import ScoringRecorder
+
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    recorder = ScoringRecorder(60, now=start)
+    rng = random.Random(seed)
+    for i in range(requests):
+        recorder.record(rng.lognormvariate(-5.3, 0.5), "timeout" if i % 100 == 0 else None)
+    stats = recorder.close_window(start + timedelta(minutes=1))
+    assert stats is not None
+    return stats

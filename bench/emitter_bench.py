@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.common import Figure, kafka_bootstrap
+from bench.common import Figure, kafka_bootstrap, realistic_scoring_stats
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelEvent, ModelIdentity, to_avro
@@ -139,7 +139,7 @@ def _unflushed_latencies(emitter: Emitter, calls: int) -> list[float]:
 def throughput(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
     from confluent_kafka import Producer
 
-    stats = scoring_stats()
+    stats = realistic_scoring_stats()
     value = single_object_framer()(to_avro(ModelEvent(envelope=envelope(), payload=stats)))
 
     raw = Producer(
@@ -180,7 +180,12 @@ def throughput(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
         "confluent_kafka Producer of pre-encoded bytes",
         raw_rate,
         target="value >= 50000 events/s",
-        extra={"events": events, "delivered": delivered, "bytes_per_event": len(value)},
+        extra={
+            "events": events,
+            "delivered": delivered,
+            "bytes_per_event": len(value),
+            "sketch_buckets": len(stats.latency.sketch.counts),
+        },
     )
 
 

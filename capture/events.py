@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from capture.typecheck import check_fields, check_names
+from capture.typecheck import check_fields, check_names, types_were_checked
 
 AVRO_NAMESPACE = "servemeta.events"
 
@@ -30,13 +30,18 @@ class Compatibility(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+# Records that people build (identities, ModelLoaded, schemas, ...) are frozen: they are
+# checked when built, and freezing keeps them as checked. Records only this library builds
+# (envelopes, scoring windows) are not frozen: the sink builds several per event and a frozen
+# dataclass pays for every field it sets.
 class _Checked:
     """Every event dataclass checks its own fields when built (see ``capture.typecheck``)."""
 
     __slots__ = ()
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        if not types_were_checked():
+            check_fields(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,7 +76,7 @@ class ModelIdentity(_Checked):
         check_names(self, "name", "version")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Envelope(_Checked):
     event_id: str
     event_time: datetime
@@ -192,15 +197,15 @@ class SchemaChanged(_Checked):
     compatibility: Compatibility = Compatibility.UNKNOWN
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LogSketch(_Checked):
     relative_accuracy: float
-    indexes: list[int]
     counts: list[int]
+    first_index: int = 0
     zero_count: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LatencySummary(_Checked):
     min: float
     max: float
@@ -211,7 +216,7 @@ class LatencySummary(_Checked):
     sketch: LogSketch
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FeatureSummary(_Checked):
     name: str
     count: int
@@ -221,7 +226,7 @@ class FeatureSummary(_Checked):
     mean: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ScoringStats(_Checked):
     AVRO_NAME: ClassVar[str] = f"{AVRO_NAMESPACE}.ScoringStats"
     window_start: datetime
@@ -241,7 +246,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ModelEvent(_Checked):
     envelope: Envelope
     payload: Payload

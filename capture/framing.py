@@ -11,8 +11,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastavro import schemaless_writer
 
@@ -30,9 +29,9 @@ class FramingError(ValueError):
     """The bytes carry neither framing; names what was expected and what came."""
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A parsed header: exactly one of ``schema_id`` and ``fingerprint`` is set."""
+class Frame(NamedTuple):
+    """A parsed header: exactly one of ``schema_id`` and ``fingerprint`` is set (a named
+    tuple: one is made per message on the sink's hot path)."""
 
     schema_id: int | None
     fingerprint: bytes | None

@@ -82,22 +82,25 @@ class Sketch:
         return 2.0 * self.gamma ** max(self.buckets) / (self.gamma + 1.0)
 
     def to_event(self) -> LogSketch:
-        indexes = sorted(self.buckets)
+        if not self.buckets:
+            return LogSketch(
+                relative_accuracy=self.relative_accuracy, counts=[], zero_count=self.zero_count
+            )
+        first, last = min(self.buckets), max(self.buckets)
+        get = self.buckets.get
         return LogSketch(
             relative_accuracy=self.relative_accuracy,
-            indexes=indexes,
-            counts=[self.buckets[i] for i in indexes],
+            first_index=first,
+            counts=[get(i, 0) for i in range(first, last + 1)],
             zero_count=self.zero_count,
         )
 
     @classmethod
     def from_event(cls, event: LogSketch) -> Sketch:
-        if len(event.indexes) != len(event.counts):
-            raise ValueError(
-                f"sketch has {len(event.indexes)} indexes but {len(event.counts)} counts"
-            )
         sketch = cls(event.relative_accuracy)
-        sketch.buckets = dict(zip(event.indexes, event.counts, strict=True))
+        sketch.buckets = {
+            event.first_index + k: count for k, count in enumerate(event.counts) if count
+        }
         sketch.zero_count = event.zero_count
         sketch.count = event.zero_count + sum(event.counts)
         return sketch

@@ -11,8 +11,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
@@ -167,18 +166,25 @@ def _field_checks(cls: type) -> tuple[tuple[str, Check], ...]:
 _types_already_checked: ContextVar[bool] = ContextVar("types_already_checked", default=False)
 
 
-@contextmanager
-def types_already_checked() -> Iterator[None]:
-    token = _types_already_checked.set(True)
-    try:
-        yield
-    finally:
-        _types_already_checked.reset(token)
+types_were_checked = _types_already_checked.get
+
+
+class types_already_checked:
+    """Context in which the dataclasses skip their type checks (a class, not a generator
+    context manager: this is entered once per event on the sink's hot path)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _types_already_checked.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _types_already_checked.reset(self._token)
 
 
 def check_fields(obj: Any) -> None:
     """Check and normalise (ints to floats, strings to enums, tuples to lists) in place."""
-    if _types_already_checked.get():
+    if types_were_checked():
         return
     cls = type(obj)
     for name, check in _field_checks(cls):

@@ -85,7 +85,7 @@ def scoring_stats() -> ScoringStats:
             p50=0.004,
             p95=0.015,
             p99=0.02,
-            sketch=LogSketch(relative_accuracy=0.01, indexes=[-500, -300], counts=[4, 6]),
+            sketch=LogSketch(relative_accuracy=0.01, first_index=-301, counts=[4, 0, 6]),
         ),
     )
 

@@ -95,3 +95,24 @@ def _unloaded():  # type: ignore[no-untyped-def]
 
 def test_plain_keeps_payload_shape() -> None:
     assert plain(_unloaded()) == {"reason": "x"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0],
+        [63],
+        [64],
+        [0, 63, 64, 255, 256],
+        [5, 100, 16383, 16384, 2**40],
+        [-3, 4],
+        list(range(300)),
+    ],
+)
+def test_long_arrays_match_fastavro_on_every_path(values: list[int]) -> None:
+    from capture.encoding import _longs
+
+    reference = io.BytesIO()
+    schemaless_writer(reference, {"type": "array", "items": "long"}, values)
+    assert _longs(values) == reference.getvalue()

@@ -222,7 +222,7 @@ def stats(requests: int, seconds: int) -> ScoringStats:
             p50=0.0015,
             p95=0.002,
             p99=0.002,
-            sketch=LogSketch(relative_accuracy=0.01, indexes=[-650], counts=[requests]),
+            sketch=LogSketch(relative_accuracy=0.01, first_index=-650, counts=[requests]),
         ),
     )
 
