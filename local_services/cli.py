@@ -1,4 +1,4 @@
-"""`python -m local_services {kafka,registry} {start,stop,address,status}`.
+"""`python -m local_services {kafka,registry,atlas} {start,stop,address,status}`.
 
 `start` prints progress on stderr and the address as the last line on stdout, so
 `BOOTSTRAP=$(python -m local_services kafka start)` works; `address` prints only the address.
@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from local_services.atlas import AtlasService
 from local_services.kafka import KafkaService
 from local_services.process import ManagedService, ServiceError
 from local_services.registry import RegistryService
@@ -19,9 +20,9 @@ from local_services.registry import RegistryService
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local_services",
-        description="Start, stop and locate the local Kafka broker and schema registry.",
+        description="Start, stop and locate the local Kafka broker, schema registry and Atlas.",
     )
-    parser.add_argument("service", choices=("kafka", "registry"))
+    parser.add_argument("service", choices=("kafka", "registry", "atlas"))
     parser.add_argument("action", choices=("start", "stop", "address", "status"))
     parser.add_argument(
         "--state-dir",
@@ -29,15 +30,21 @@ def _parser() -> argparse.ArgumentParser:
         "(default: $SERVEMETA_STATE_DIR, else <repo>/.run/<service>)",
     )
     parser.add_argument(
-        "--timeout", type=float, help="seconds to wait for readiness on start (default: 90/120)"
+        "--timeout", type=float, help="seconds to wait for readiness on start (default: 90/120/600)"
     )
     return parser
 
 
 def _service(name: str, state_dir: str | None, timeout: float | None) -> ManagedService:
-    service: ManagedService = (
-        KafkaService(state_dir) if name == "kafka" else RegistryService(state_dir)
-    )
+    service: ManagedService
+    if name == "kafka":
+        service = KafkaService(state_dir)
+    elif name == "registry":
+        service = RegistryService(state_dir)
+    else:
+        # Consumes ATLAS_HOOK on $KAFKA_BOOTSTRAP_SERVERS, else on the local Kafka of the
+        # default state dir, which it starts when that is not running.
+        service = AtlasService(state_dir)
     if timeout:
         service.start_timeout = timeout
     return service

@@ -1,0 +1,217 @@
+"""The local Apache Atlas launcher against the real server: start -> ACTIVE, the type models are
+loaded, entities written over REST read back, and hook notifications on Kafka are applied.
+
+One Atlas serves the whole module (a start takes about a minute on two cores; the first on a
+machine also fetches about 330 MB). It gets its own state dir, hook topic and consumer group, so
+it never touches a session Atlas started from <repo>/.run, nor the ATLAS_HOOK topic of the
+session broker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_services.atlas import AtlasService, credentials_line, password_hash
+from local_services.process import pid_alive, port_is_free
+
+AUTH = ("admin", "admin")
+# First start on a fresh machine: Maven fetch + unpack + pip + Atlas's own start.
+START_BUDGET = 900
+
+
+def test_credentials_use_atlas_s_salted_sha256() -> None:
+    # The admin line of Atlas's own webapp test resources (users-credentials.properties).
+    expected = "a4a88c0872bf652bb9ed803ece5fd6e82354838a9bf59ab4babb1dab322154e1"
+    assert password_hash("admin", "admin") == expected
+    assert credentials_line("admin", "admin") == f"admin=ADMIN::{expected}"
+
+
+def test_cli_atlas_address_exits_1_when_not_running(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "local_services", "atlas", "address", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "not running" in done.stderr
+
+
+class Atlas:
+    def __init__(self, service: AtlasService, address: str, bootstrap: str) -> None:
+        self.service = service
+        self.address = address
+        self.bootstrap = bootstrap
+
+    def get(self, path: str, **params: str) -> Any:
+        import requests
+
+        return requests.get(self.address + path, params=params, auth=AUTH, timeout=30)
+
+    def post(self, path: str, body: Any) -> Any:
+        import requests
+
+        return requests.post(self.address + path, json=body, auth=AUTH, timeout=120)
+
+    def entity(self, type_name: str, qualified_name: str) -> Any:
+        return self.get(
+            f"/api/atlas/v2/entity/uniqueAttribute/type/{type_name}",
+            **{"attr:qualifiedName": qualified_name},
+        )
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Atlas]:
+    service = AtlasService(
+        tmp_path_factory.mktemp("atlas"),
+        kafka_bootstrap=kafka_bootstrap,
+        hook_topic=f"ATLAS_HOOK_test_{uuid.uuid4().hex[:10]}",
+        consumer_group=f"atlas-test-{uuid.uuid4().hex[:10]}",
+        start_timeout=600,
+    )
+    started = service.start()
+    port = int(started.address.rsplit(":", 1)[1])
+    try:
+        yield Atlas(service, started.address, kafka_bootstrap)
+    finally:
+        assert service.stop()
+    # The embedded Solr and ZooKeeper live in Atlas's JVM: nothing of the group may remain.
+    assert not pid_alive(started.pid)
+    assert port_is_free(port)
+    assert service.status().state == "stopped"
+
+
+@pytest.mark.atlas
+@pytest.mark.timeout(START_BUDGET)
+def test_start_reaches_active_and_a_second_start_reuses_the_server(atlas: Atlas) -> None:
+    assert atlas.address.startswith("http://127.0.0.1:")
+    response = atlas.get("/api/atlas/admin/status")
+    assert response.status_code == 200
+    assert response.json() == {"Status": "ACTIVE"}
+    status = atlas.service.status()
+    assert status.state == "running", status.describe()
+    assert atlas.service.address() == atlas.address
+    again = atlas.service.start()
+    assert again.already_running
+    assert again.address == atlas.address
+
+
+@pytest.mark.atlas
+@pytest.mark.timeout(START_BUDGET)
+def test_atlas_loaded_the_type_models(atlas: Atlas) -> None:
+    response = atlas.get("/api/atlas/v2/types/typedefs/headers")
+    assert response.status_code == 200
+    names = {header["name"] for header in response.json()}
+    for expected in ("DataSet", "Process", "kafka_topic", "avro_schema", "fs_path"):
+        assert expected in names
+    # 4000-MachineLearning/4010-ml_model.json
+    assert {"ml_model_build", "ml_model_deployment"} <= names
+
+
+@pytest.mark.atlas
+@pytest.mark.timeout(START_BUDGET)
+def test_entity_written_over_rest_reads_back(atlas: Atlas) -> None:
+    topic = f"wine-requests-{uuid.uuid4().hex[:8]}"
+    qualified_name = f"{topic}@local"
+    created = atlas.post(
+        "/api/atlas/v2/entity/bulk",
+        {
+            "entities": [
+                {
+                    "typeName": "kafka_topic",
+                    "guid": "-1",
+                    "attributes": {
+                        "qualifiedName": qualified_name,
+                        "name": topic,
+                        "topic": topic,
+                        "uri": f"kafka://{topic}",
+                        "partitionCount": 3,
+                    },
+                }
+            ]
+        },
+    )
+    assert created.status_code == 200, created.text
+    guid = created.json()["guidAssignments"]["-1"]
+    read = atlas.entity("kafka_topic", qualified_name)
+    assert read.status_code == 200, read.text
+    entity = read.json()["entity"]
+    assert entity["guid"] == guid
+    assert entity["status"] == "ACTIVE"
+    assert entity["attributes"]["topic"] == topic
+    assert entity["attributes"]["partitionCount"] == 3
+    by_guid = atlas.get(f"/api/atlas/v2/entity/guid/{guid}")
+    assert by_guid.json()["entity"]["attributes"]["qualifiedName"] == qualified_name
+
+
+def _hook_message(entity: dict[str, Any]) -> bytes:
+    """An ENTITY_CREATE_V2 notification in the envelope of Atlas's own hooks."""
+    return json.dumps(
+        {
+            "version": {"version": "1.0.0", "versionParts": [1]},
+            "msgCompressionKind": "NONE",
+            "msgSplitIdx": 1,
+            "msgSplitCount": 1,
+            "msgSourceIP": "127.0.0.1",
+            "msgCreatedBy": "servemeta-test",
+            "msgCreationTime": int(time.time() * 1000),
+            "message": {
+                "type": "ENTITY_CREATE_V2",
+                "user": "servemeta-test",
+                "entities": {"referredEntities": {}, "entities": [entity]},
+            },
+        }
+    ).encode()
+
+
+@pytest.mark.atlas
+@pytest.mark.timeout(START_BUDGET)
+def test_atlas_applies_hook_notifications_from_kafka(atlas: Atlas) -> None:
+    from confluent_kafka import Producer
+
+    topic = f"wine-scores-{uuid.uuid4().hex[:8]}"
+    qualified_name = f"{topic}@local"
+    producer = Producer({"bootstrap.servers": atlas.bootstrap})
+    producer.produce(
+        atlas.service.hook_topic,
+        _hook_message(
+            {
+                "typeName": "kafka_topic",
+                "guid": "-1",
+                "attributes": {
+                    "qualifiedName": qualified_name,
+                    "name": topic,
+                    "topic": topic,
+                    "uri": f"kafka://{topic}",
+                },
+            }
+        ),
+    )
+    assert producer.flush(15) == 0, "the notification was not delivered to Kafka"
+
+    deadline = time.monotonic() + 90
+    while True:
+        read = atlas.entity("kafka_topic", qualified_name)
+        if read.status_code == 200:
+            break
+        assert read.status_code == 404, read.text
+        if time.monotonic() > deadline:
+            failed = atlas.service.log_dir / "atlas-failed.log"
+            pytest.fail(
+                f"Atlas did not apply the hook message on {atlas.service.hook_topic} within 90 s; "
+                f"failed messages: {failed.read_text() if failed.exists() else 'none logged'}"
+            )
+        time.sleep(0.5)
+    entity = read.json()["entity"]
+    assert entity["attributes"]["topic"] == topic
+    assert entity["createdBy"] == "servemeta-test"
