@@ -338,6 +338,37 @@ def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
+    from atlas_sink.lineage_picture import render_html
+    from atlas_sink.report import ModelNotFound, build_report, render_text
+    from atlas_sink.targets.local import LocalCatalog
+
+    target = build_target(config)
+    try:
+        if not isinstance(target, LocalCatalog):
+            raise _Usage(
+                f"the report reads the embedded catalog; the {config.target} target has no "
+                "reader yet: use --target local --catalog PATH"
+            )
+        try:
+            report = build_report(target, args.model, args.cluster, args.version)
+        except ModelNotFound as exc:
+            raise _Usage(str(exc)) from None
+    finally:
+        target.close()
+    if args.picture:
+        title = f"Lineage of {args.model} {report.data['version']['version']}"
+        Path(args.picture).write_text(render_html(report.lineage, title), encoding="utf-8")
+        report.data["picture"] = str(Path(args.picture).resolve())
+    if args.json:
+        print(json.dumps(report.data, indent=2, sort_keys=True, default=str))
+    else:
+        print(render_text(report))
+        if args.picture:
+            print(f"\nlineage picture: {report.data['picture']}")
+    return EXIT_OK
+
+
 def _resolve_model(
     source: _LineageSource, model: str, cluster: str | None, version: str | None
 ) -> tuple[str, str]:
@@ -554,6 +585,25 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--json", action="store_true", help="Atlas's lineage JSON shape")
     _add_target_options(lineage)
     lineage.set_defaults(handler=cmd_lineage)
+
+    report = commands.add_parser(
+        "report",
+        help="the governance report of a served model",
+        description="Answer, from the catalog, what the project exists to prove about a "
+        "served model: training sources and parameters, artifact storage and its security, "
+        "model type, quality trained and live, input/output schemas and their history, "
+        "taxonomy and classifications, schemas of the sources, and the processes that use "
+        "it with the data flowing through them.",
+    )
+    report.add_argument("model", metavar="MODEL", help="model name")
+    report.add_argument("--version", help="model version (default: the model's latest)")
+    report.add_argument("--cluster", help="cluster (default: the only one serving MODEL)")
+    report.add_argument("--json", action="store_true", help="JSON for programs")
+    report.add_argument(
+        "--picture", metavar="FILE.html", help="also write the lineage as a self-contained page"
+    )
+    _add_target_options(report)
+    report.set_defaults(handler=cmd_report)
 
     dlq = commands.add_parser("dlq", help="list or re-drive dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

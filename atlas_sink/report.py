@@ -1,0 +1,426 @@
+"""The governance report: what a catalog knows about one served model, question by question.
+
+It reads through ``CatalogReader`` (the embedded catalog implements it; so does the Atlas
+reader), and builds plain data: the CLI prints it as text for people or JSON for programs.
+Each section answers one of the questions the project exists for (see README):
+sources, parameters, artifact storage and its security, model type, quality trained and
+live, input/output schemas and their history, taxonomy and classifications, schemas of the
+sources, and the processes that use the model with the data flowing through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from atlas_sink import naming
+from atlas_sink.entities import Ref
+from atlas_sink.targets.local import LineageGraph, Referrer, StoredEntity
+from atlas_sink.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE
+
+Direction = Literal["INPUT", "OUTPUT", "BOTH"]
+
+
+class CatalogReader(Protocol):
+    def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None: ...
+
+    def find(
+        self,
+        type_name: str | None = None,
+        classification: str | None = None,
+        include_subtypes: bool = True,
+        include_propagated: bool = True,
+    ) -> list[StoredEntity]: ...
+
+    def referrers(
+        self, type_name: str, qualified_name: str, attribute: str | None = None
+    ) -> list[Referrer]: ...
+
+    def lineage(
+        self, type_name: str, qualified_name: str, direction: Direction = "BOTH", depth: int = 3
+    ) -> LineageGraph: ...
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Report:
+    data: dict[str, Any]
+    lineage: LineageGraph
+
+
+def _refs(value: Ref | list[Ref] | None) -> list[Ref]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _millis(value: Any) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _find_model(reader: CatalogReader, model: str, cluster: str | None) -> StoredEntity:
+    if cluster is not None:
+        found = reader.entity(MODEL, naming.model(model, cluster))
+        if found is None:
+            raise ModelNotFound(
+                f"no model {model!r} in cluster {cluster!r}: check the name and --cluster"
+            )
+        return found
+    matches = [e for e in reader.find(MODEL) if e.attributes.get("name") == model]
+    if not matches:
+        known = sorted({str(e.attributes.get("name")) for e in reader.find(MODEL)})
+        raise ModelNotFound(f"no model named {model!r} in the catalog; models known: {known}")
+    if len(matches) > 1:
+        clusters = sorted(naming.split(e.qualified_name)[1] for e in matches)
+        raise ModelNotFound(
+            f"model {model!r} exists in several clusters {clusters}: pass --cluster"
+        )
+    return matches[0]
+
+
+def _schema(reader: CatalogReader, ref: Ref | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    schema = reader.entity(ref.type_name, ref.qualified_name)
+    if schema is None:
+        return {"qualifiedName": ref.qualified_name, "missing": True}
+    return {
+        "fingerprint": schema.attributes.get("fingerprint"),
+        "fields": schema.attributes.get("fields") or [],
+        "classifications": list(schema.all_classifications),
+    }
+
+
+def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
+    """How safely the artifact is stored, from the facts the server reported."""
+    problems = []
+    scheme = str(attributes.get("artifactScheme") or "").lower()
+    encrypted = attributes.get("encryptedAtRest")
+    access = str(attributes.get("accessMode") or "")
+    if encrypted is False:
+        problems.append("not encrypted at rest")
+    if scheme == "http":
+        problems.append("fetched over plain HTTP")
+    if "world" in access.lower() or "public" in access.lower():
+        problems.append(f"readable by anyone ({access})")
+    if problems:
+        verdict = "at risk"
+    elif encrypted is True and access:
+        verdict = "secure"
+    else:
+        verdict = "unknown"
+        problems.append("encryption or access control not reported")
+    return {"verdict": verdict, "findings": problems}
+
+
+def build_report(
+    reader: CatalogReader, model: str, cluster: str | None = None, version: str | None = None
+) -> Report:
+    model_entity = _find_model(reader, model, cluster)
+    _, model_cluster = naming.split(model_entity.qualified_name)
+    versions = sorted(
+        (
+            r.entity
+            for r in reader.referrers(MODEL, model_entity.qualified_name, "model")
+            if r.entity.type_name == MODEL_VERSION
+        ),
+        key=lambda e: (e.attributes.get("loadedAt") or 0, str(e.attributes.get("version"))),
+    )
+    chosen_version = version or model_entity.attributes.get("latestVersion")
+    if chosen_version is None and versions:
+        chosen_version = versions[-1].attributes.get("version")
+    if chosen_version is None:
+        raise ModelNotFound(f"model {model!r} has no loaded version in the catalog")
+    version_qn = naming.model_version(model, str(chosen_version), model_cluster)
+    current = reader.entity(MODEL_VERSION, version_qn)
+    if current is None:
+        raise ModelNotFound(
+            f"model {model!r} has no version {chosen_version!r}; versions known: "
+            f"{[e.attributes.get('version') for e in versions]}"
+        )
+    attrs = current.attributes
+
+    training = [r.entity for r in reader.referrers(MODEL_VERSION, version_qn, "outputs")]
+    sources: list[dict[str, Any]] = []
+    training_info: dict[str, Any] = {
+        "runId": attrs.get("trainingRunId"),
+        "runUrl": attrs.get("trainingRunUrl"),
+        "hyperParameters": attrs.get("hyperParameters") or {},
+        "sources": sources,
+    }
+    for process in training:
+        for source in _refs(process.references.get("inputs")):
+            stored = reader.entity(source.type_name, source.qualified_name)
+            schemas = [
+                _schema(reader, r.entity.ref)
+                for r in reader.referrers(source.type_name, source.qualified_name, "describes")
+            ]
+            sources.append(
+                {
+                    "type": source.type_name,
+                    "qualifiedName": source.qualified_name,
+                    "name": stored.attributes.get("name") if stored else None,
+                    "description": stored.attributes.get("description") if stored else None,
+                    "classifications": list(stored.all_classifications) if stored else [],
+                    "schemas": schemas,
+                }
+            )
+
+    deployments: list[dict[str, Any]] = []
+    for referrer in reader.referrers(MODEL_VERSION, version_qn, "inputs"):
+        process = referrer.entity
+        if process.type_name != DEPLOYMENT:
+            continue
+        pa = process.attributes
+        requests = pa.get("windowRequests") or 0
+        deployments.append(
+            {
+                "name": pa.get("name"),
+                "qualifiedName": process.qualified_name,
+                "status": pa.get("status"),
+                "statusReason": pa.get("statusReason"),
+                "serverKind": pa.get("serverKind"),
+                "environment": pa.get("environment"),
+                "runtime": {
+                    k: pa.get(k)
+                    for k in (
+                        "language",
+                        "languageVersion",
+                        "containerImage",
+                        "host",
+                        "endpoint",
+                        "replicas",
+                    )
+                },
+                "inputs": [
+                    r.qualified_name
+                    for r in _refs(process.references.get("inputs"))
+                    if r.type_name != MODEL_VERSION
+                ],
+                "outputs": [r.qualified_name for r in _refs(process.references.get("outputs"))],
+                "classifications": list(process.all_classifications),
+                "live": {
+                    "windowStart": _millis(pa.get("windowStart")),
+                    "windowEnd": _millis(pa.get("windowEnd")),
+                    "requests": requests,
+                    "errors": pa.get("windowErrors"),
+                    "errorRate": (pa.get("windowErrors") or 0) / requests if requests else None,
+                    "errorsByKind": pa.get("errorsByKind") or {},
+                    "latencySeconds": {
+                        k: pa.get(f"latency{k.title()}")
+                        for k in ("min", "p50", "p95", "p99", "max")
+                    },
+                    "totalRequests": pa.get("totalRequests"),
+                    "totalErrors": pa.get("totalErrors"),
+                    "statsModelVersion": pa.get("statsModelVersion"),
+                },
+            }
+        )
+
+    changes = sorted(
+        (
+            r.entity.attributes
+            for r in reader.referrers(MODEL_VERSION, version_qn, "modelVersion")
+            if r.entity.type_name == SCHEMA_CHANGE
+        ),
+        key=lambda a: a.get("changedAt") or 0,
+    )
+    input_ref = current.references.get("inputSchema")
+    output_ref = current.references.get("outputSchema")
+    lineage = reader.lineage(MODEL_VERSION, version_qn, "BOTH", 0)
+
+    data: dict[str, Any] = {
+        "model": {
+            "name": model,
+            "cluster": model_cluster,
+            "qualifiedName": model_entity.qualified_name,
+            "owner": model_entity.attributes.get("owner"),
+            "latestVersion": model_entity.attributes.get("latestVersion"),
+            "versions": [
+                {
+                    "version": v.attributes.get("version"),
+                    "status": v.attributes.get("status"),
+                    "statusReason": v.attributes.get("statusReason"),
+                    "loadedAt": _millis(v.attributes.get("loadedAt")),
+                    "replacesVersion": v.attributes.get("replacesVersion"),
+                }
+                for v in versions
+            ],
+        },
+        "version": {
+            "version": chosen_version,
+            "qualifiedName": version_qn,
+            "status": attrs.get("status"),
+            "loadedAt": _millis(attrs.get("loadedAt")),
+        },
+        "type": {
+            k: attrs.get(k)
+            for k in ("framework", "frameworkVersion", "flavor", "algorithm", "task")
+        },
+        "artifact": {
+            "uri": attrs.get("artifactUri"),
+            "scheme": attrs.get("artifactScheme"),
+            "encryptedAtRest": attrs.get("encryptedAtRest"),
+            "accessMode": attrs.get("accessMode"),
+            "sizeBytes": attrs.get("artifactSizeBytes"),
+            "contentHash": attrs.get("contentHash"),
+            "storage": storage_assessment(attrs),
+        },
+        "training": training_info,
+        "quality": {
+            "trained": attrs.get("metrics") or {},
+            "live": [{"deployment": d["qualifiedName"], **d["live"]} for d in deployments],
+        },
+        "schemas": {
+            "input": _schema(reader, input_ref if isinstance(input_ref, Ref) else None),
+            "output": _schema(reader, output_ref if isinstance(output_ref, Ref) else None),
+            "history": [
+                {
+                    "changedAt": _millis(c.get("changedAt")),
+                    "side": c.get("side"),
+                    "previousFingerprint": c.get("previousFingerprint"),
+                    "newFingerprint": c.get("newFingerprint"),
+                    "compatibility": c.get("compatibility"),
+                }
+                for c in changes
+            ],
+        },
+        "taxonomy": {
+            "tags": attrs.get("tags") or [],
+            "classifications": list(current.classifications),
+            "propagatedClassifications": {
+                name: list(origins)
+                for name, origins in sorted(current.propagated_classifications.items())
+            },
+            "properties": attrs.get("properties") or {},
+        },
+        "processes": deployments,
+        "lineage": {
+            "nodes": sorted(lineage.nodes),
+            "relations": [(r.from_entity_id, r.to_entity_id) for r in lineage.relations],
+        },
+    }
+    return Report(data, lineage)
+
+
+# -- text for people -------------------------------------------------------------------------
+
+
+def _line(label: str, value: Any) -> str:
+    return f"  {label:<22} {'-' if value in (None, '', [], {}) else value}"
+
+
+def _tags(names: list[str] | None) -> str:
+    return f"  [{', '.join(names)}]" if names else ""
+
+
+def _fields(schema: dict[str, Any] | None) -> list[str]:
+    if not schema:
+        return ["    (none reported)"]
+    out = [f"    fingerprint {schema.get('fingerprint')}"]
+    for field in schema.get("fields") or []:
+        nullable = "?" if field.get("nullable") else ""
+        tags = _tags(field.get("classifications"))
+        out.append(f"    - {field.get('name')}: {field.get('type')}{nullable}{tags}")
+    return out
+
+
+def render_text(report: Report) -> str:
+    d = report.data
+    out: list[str] = []
+    model, version = d["model"], d["version"]
+    out.append(f"Governance report: {model['name']} version {version['version']}")
+    out.append(f"  ({version['qualifiedName']}, status {version['status']})")
+    out.append("")
+    out.append("Versions")
+    for v in model["versions"]:
+        out.append(
+            f"  {v['version']:<10} {v['status'] or '-':<9} loaded {v['loadedAt'] or '-'}"
+            + (f"  ({v['statusReason']})" if v.get("statusReason") else "")
+        )
+    out.append("")
+    out.append("1. Training sources")
+    for s in d["training"]["sources"] or [{"qualifiedName": "(none reported)"}]:
+        tags = (
+            f"  [{', '.join(s.get('classifications') or [])}]" if s.get("classifications") else ""
+        )
+        out.append(f"  - {s['qualifiedName']} ({s.get('type', '-')}){tags}")
+    out.append("2. Parameters")
+    out.append(_line("training run", d["training"]["runId"]))
+    out.append(_line("run URL", d["training"]["runUrl"]))
+    for key, value in sorted(d["training"]["hyperParameters"].items()):
+        out.append(_line(key, value))
+    art = d["artifact"]
+    out.append("3. Artifact storage")
+    out.append(_line("location", art["uri"]))
+    out.append(_line("encrypted at rest", art["encryptedAtRest"]))
+    out.append(_line("access", art["accessMode"]))
+    out.append(_line("content hash", art["contentHash"]))
+    findings = "; ".join(art["storage"]["findings"])
+    out.append(
+        _line("assessment", art["storage"]["verdict"] + (f" ({findings})" if findings else ""))
+    )
+    out.append("4. Model type")
+    for key, value in d["type"].items():
+        out.append(_line(key, value))
+    out.append("5. Quality")
+    for key, value in sorted(d["quality"]["trained"].items()):
+        out.append(_line(f"trained {key}", value))
+    for live in d["quality"]["live"]:
+        lat = live["latencySeconds"]
+        rate = live["errorRate"]
+        quantiles = "/".join(
+            "-" if lat[k] is None else f"{lat[k] * 1000:.1f} ms" for k in ("p50", "p95", "p99")
+        )
+        out.append(
+            f"  live on {live['deployment']}: {live['requests']} requests in the last window "
+            f"(to {live['windowEnd']}), error rate "
+            f"{'-' if rate is None else f'{rate:.2%}'}, p50/p95/p99 {quantiles}; "
+            f"{live['totalRequests']} requests in total"
+        )
+    out.append("6. Data definitions")
+    out.append("  input:")
+    out += _fields(d["schemas"]["input"])
+    out.append("  output:")
+    out += _fields(d["schemas"]["output"])
+    for change in d["schemas"]["history"] or []:
+        out.append(
+            f"  changed {change['changedAt']}: {change['side'].lower()} "
+            f"{change['previousFingerprint']} -> {change['newFingerprint']} "
+            f"({change['compatibility']})"
+        )
+    tax = d["taxonomy"]
+    out.append("7. Taxonomy and classifications")
+    out.append(_line("tags", ", ".join(tax["tags"])))
+    out.append(_line("classifications", ", ".join(tax["classifications"])))
+    for name, origins in tax["propagatedClassifications"].items():
+        out.append(_line(f"{name} (propagated)", "from " + ", ".join(origins)))
+    out.append("8. Schemas of the sources")
+    for s in d["training"]["sources"]:
+        for schema in s.get("schemas") or [None]:
+            out.append(f"  {s['qualifiedName']}:")
+            out += _fields(schema)
+    out.append("9. Processes using the model, and the data flowing through them")
+    for p in d["processes"] or [{"name": "(none)"}]:
+        if "qualifiedName" not in p:
+            out.append("  (no deployment reported)")
+            continue
+        out.append(f"  {p['name']} [{p['status']}] on {p['runtime'].get('host') or '-'}")
+        out.append(
+            f"    {', '.join(p['inputs']) or '-'} + model -> {', '.join(p['outputs']) or '-'}"
+        )
+        if p["classifications"]:
+            out.append(f"    classifications: {', '.join(p['classifications'])}")
+    out.append("10. Who may see it")
+    visible = sorted({c for p in d["processes"] for c in p["classifications"]})
+    out.append(
+        "  data flowing through the deployments is classified "
+        + (", ".join(visible) if visible else "(no classification)")
+    )
+    return "\n".join(out)

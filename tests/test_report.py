@@ -1,0 +1,205 @@
+"""The governance report and the lineage picture, from a real embedded catalog."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from atlas_sink.cli import main
+from atlas_sink.decode import Decoder
+from atlas_sink.lineage_picture import render_html, render_svg
+from atlas_sink.pipeline import Pipeline, RawMessage
+from atlas_sink.report import ModelNotFound, build_report, render_text, storage_assessment
+from atlas_sink.targets.local import LocalCatalog
+from atlas_sink.translate import ClassificationRule, Rules
+from capture.dataschema import data_schema
+from capture.events import (
+    Envelope,
+    FieldSpec,
+    ModelEvent,
+    Payload,
+    SchemaChanged,
+    to_avro,
+)
+from capture.framing import single_object_framer
+from tests.conftest import OUTPUT, envelope, model_loaded, scoring_stats
+
+NOW = datetime.now(UTC) - timedelta(hours=1)
+RULES = Rules((ClassificationRule("PII", dataset_pattern=re.compile(r"wine\.csv$")),))
+NEW_OUTPUT = data_schema([*OUTPUT.fields, FieldSpec(name="probability", type="double")])
+
+
+def _events() -> list[Payload]:
+    stats = scoring_stats()
+    stats.window_start = NOW
+    stats.window_end = NOW + timedelta(seconds=60)
+    return [
+        model_loaded("1"),
+        stats,
+        SchemaChanged(
+            side="OUTPUT",  # type: ignore[arg-type]
+            new_fingerprint=NEW_OUTPUT.fingerprint,
+            new_schema=NEW_OUTPUT,
+            previous_fingerprint=OUTPUT.fingerprint,
+            compatibility="FULL",  # type: ignore[arg-type]
+        ),
+        model_loaded("2", replaces="1"),
+    ]
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> LocalCatalog:
+    catalog = LocalCatalog(tmp_path / "catalog.sqlite")
+    catalog.ensure_types()
+    frame = single_object_framer()
+    batch = []
+    for i, payload in enumerate(_events()):
+        base = envelope(i + 1, version="2" if i == 3 else "1")
+        env = Envelope(
+            event_id=base.event_id,
+            event_time=NOW + timedelta(seconds=i),
+            producer=base.producer,
+            sequence=base.sequence,
+            deployment=base.deployment,
+            model=base.model,
+        )
+        value = frame(to_avro(ModelEvent(envelope=env, payload=payload)))
+        batch.append(RawMessage("t", 0, i, value))
+    outcome = Pipeline(catalog, Decoder(), RULES).process(batch)
+    assert outcome.dead == []
+    return catalog
+
+
+def test_report_answers_every_question(catalog: LocalCatalog) -> None:
+    report = build_report(catalog, "wine")
+    d = report.data
+    assert d["model"]["latestVersion"] == "2"
+    assert [(v["version"], v["status"]) for v in d["model"]["versions"]] == [
+        ("1", "REPLACED"),
+        ("2", "LOADED"),
+    ]
+    assert d["version"]["qualifiedName"] == "wine.2@local"
+    # 1, 2: sources and parameters
+    assert [s["qualifiedName"] for s in d["training"]["sources"]] == ["file:///data/wine.csv@local"]
+    assert d["training"]["sources"][0]["classifications"] == ["PII"]
+    assert d["training"]["runId"] == "run-42"
+    assert d["training"]["hyperParameters"] == {"n_estimators": "50"}
+    # 3: storage and its safety
+    assert d["artifact"]["uri"] == "s3://models/wine/2/model.pkl"
+    assert d["artifact"]["storage"]["verdict"] == "secure"
+    # 4, 5: type and quality
+    assert d["type"]["algorithm"] == "RandomForestClassifier"
+    assert d["quality"]["trained"] == {"test.accuracy": 0.97}
+    # 8: the source's schema (the model's input schema describes it)
+    assert [f["name"] for f in d["training"]["sources"][0]["schemas"][0]["fields"]] == [
+        "alcohol",
+        "color_intensity",
+    ]
+    # 7: taxonomy, with PII propagated from the training source along lineage
+    assert d["taxonomy"]["classifications"] == ["Confidential"]
+    assert "PII" in d["taxonomy"]["propagatedClassifications"]
+    # 9, 10: the deployment, its flow, its live stats and what may be seen
+    (deployment,) = d["processes"]
+    assert deployment["qualifiedName"] == "wine-scorer.wine@local"
+    assert deployment["inputs"] == ["wine-requests@local"]
+    assert deployment["outputs"] == ["wine-scores@local"]
+    assert "PII" in deployment["classifications"]
+    assert deployment["live"]["totalRequests"] == 10
+    assert deployment["live"]["errorRate"] == pytest.approx(0.1)
+
+
+def test_schema_history_belongs_to_its_version(catalog: LocalCatalog) -> None:
+    first = build_report(catalog, "wine", version="1").data
+    (change,) = first["schemas"]["history"]
+    assert (change["side"], change["compatibility"]) == ("OUTPUT", "FULL")
+    assert change["newFingerprint"] == NEW_OUTPUT.fingerprint
+    assert [f["name"] for f in first["schemas"]["output"]["fields"]] == ["cultivar", "probability"]
+    assert build_report(catalog, "wine", version="2").data["schemas"]["history"] == []
+
+
+def test_text_report_has_every_section(catalog: LocalCatalog) -> None:
+    text = render_text(build_report(catalog, "wine"))
+    for heading in (
+        "1. Training sources",
+        "2. Parameters",
+        "3. Artifact storage",
+        "4. Model type",
+        "5. Quality",
+        "6. Data definitions",
+        "7. Taxonomy and classifications",
+        "8. Schemas of the sources",
+        "9. Processes using the model",
+        "10. Who may see it",
+    ):
+        assert heading in text
+    assert "wine-requests@local + model -> wine-scores@local" in text
+    assert "PII (propagated)" in text
+
+
+def test_unknown_model_and_version_are_clear_errors(catalog: LocalCatalog) -> None:
+    with pytest.raises(ModelNotFound, match=r"no model named 'beer'.*\['wine'\]"):
+        build_report(catalog, "beer")
+    with pytest.raises(ModelNotFound, match=r"no version '9'"):
+        build_report(catalog, "wine", version="9")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "verdict"),
+    [
+        ({"encryptedAtRest": True, "accessMode": "private", "artifactScheme": "s3"}, "secure"),
+        ({"encryptedAtRest": False, "accessMode": "private"}, "at risk"),
+        ({"encryptedAtRest": True, "accessMode": "posix 0644 world-readable"}, "at risk"),
+        ({"artifactScheme": "http", "encryptedAtRest": True, "accessMode": "x"}, "at risk"),
+        ({"artifactScheme": "file"}, "unknown"),
+    ],
+)
+def test_storage_assessment(attributes: dict[str, object], verdict: str) -> None:
+    assert storage_assessment(attributes)["verdict"] == verdict
+
+
+def test_lineage_picture_is_valid_svg_with_every_node(catalog: LocalCatalog) -> None:
+    report = build_report(catalog, "wine", version="1")
+    svg = render_svg(report.lineage, "Lineage of wine 1")
+    root = ET.fromstring(svg)
+    titles = {t.text for t in root.iter("{http://www.w3.org/2000/svg}title")}
+    assert {
+        "file:///data/wine.csv@local",
+        "wine.1.training@local",
+        "wine.1@local",
+    } <= titles
+    paths = root.iter("{http://www.w3.org/2000/svg}path")
+    edges = [p for p in paths if p.get("class") == "edge"]
+    assert len(edges) == len(report.lineage.relations) == 2
+    page = render_html(report.lineage, "Lineage <of> wine")
+    assert page.startswith("<!DOCTYPE html>") and "Lineage &lt;of&gt; wine" in page
+    assert "<script" not in page
+
+
+def test_cli_report_json_and_picture(
+    catalog: LocalCatalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "lineage.html"
+    code = main(
+        [
+            "report",
+            "wine",
+            "--target",
+            "local",
+            "--catalog",
+            str(catalog.path),
+            "--json",
+            "--picture",
+            str(picture),
+        ]
+    )
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["version"]["version"] == "2"
+    assert data["picture"] == str(picture.resolve())
+    assert "wine.2@local" in picture.read_text()
+    assert main(["report", "beer", "--target", "local", "--catalog", str(catalog.path)]) == 2
