@@ -105,6 +105,10 @@ def consumer_config(config: SinkConfig, group_id: str, **extra: Any) -> dict[str
         "error_cb": _client_error,
         # librdkafka's own log lines go through logging, so they come out as JSON too.
         "logger": kafka_log,
+        # Prefetch a few seconds of work, not librdkafka's default 64 MiB: memory must not
+        # grow with the backlog, and the sink is never faster than this allows.
+        "queued.max.messages.kbytes": 2048,
+        "fetch.max.bytes": 1024 * 1024,
     }
     conf.update(extra)
     return conf

@@ -138,6 +138,7 @@ class Pipeline:
         limits: Limits | None = None,
         *,
         cache_size: int = 100_000,
+        recent_ids: int = 10_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.target = target
@@ -147,7 +148,9 @@ class Pipeline:
         self._clock = clock
         self._states: BoundedCache[Ref, EntityState] = BoundedCache(cache_size)
         self._written: BoundedCache[Ref, str] = BoundedCache(cache_size)
-        self._seen = RecentIds(cache_size)
+        # Redelivery after a crash repeats at most a few batches, and the entities' own
+        # watermarks catch anything older: the id set only needs to cover recent events.
+        self._seen = RecentIds(recent_ids)
 
     def decode(self, message: RawMessage) -> ModelEvent:
         """Raises DecodeError or InvalidEvent; both carry a reason and a message."""

@@ -182,7 +182,7 @@ def _peak_rss_of_replay(bootstrap: str, topic: str, events: int) -> tuple[int, i
     code = (
         "import resource, subprocess, sys;"
         "out = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=True);"
-        "print(out.stdout.strip().splitlines()[-1]);"
+        "print(out.stdout.strip());"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +213,7 @@ def _peak_rss_of_replay(bootstrap: str, topic: str, events: int) -> tuple[int, i
             check=True,
             env=env,
         )
-    summary, peak = out.stdout.strip().splitlines()[-2:]
+    summary, peak = out.stdout.strip().rsplit("\n", 1)
     return int(peak), int(json.loads(summary)["messages"])
 
 
