@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from atlas_sink import __version__, naming
 from atlas_sink.config import ConfigError, SinkConfig, load_config
+from atlas_sink.dlq import DlqUnavailable
 from atlas_sink.targets import Target, TargetAuthError, TargetUnavailable
 from atlas_sink.translate import MODEL, MODEL_VERSION
 from atlas_sink.typedefs import TypedefConflict
@@ -669,6 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TARGET_AUTH
     except TargetUnavailable as exc:
         log.error("the target is unavailable: %s; try again when it is up", exc)
+        return EXIT_TARGET_UNAVAILABLE
+    except DlqUnavailable as exc:
+        log.error("the dead-letter topic cannot be read or written: %s", exc)
         return EXIT_TARGET_UNAVAILABLE
     except TypedefConflict as exc:
         log.error("%s", exc)

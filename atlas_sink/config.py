@@ -321,7 +321,9 @@ def settings_reference() -> str:
         default = _show(getattr(defaults, setting.name), setting.secret)
         if setting.name == "target":
             default = "local (atlas-rest when ATLAS_URL is set)"
-        lines.append(f"| {setting.name} | {setting.env} | {default} | {setting.help} |")
+        # A '|' inside a cell would end it: Markdown wants it escaped.
+        cells = (setting.name, setting.env, default, setting.help)
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     for key, env in _SECURITY_ENV.items():
         default = _show(getattr(defaults.kafka_security, key), False)
         lines.append(f"| kafka_security.{key} | {env} | {default} | librdkafka security |")
