@@ -341,18 +341,25 @@ def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
 
 def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
     from atlas_sink.lineage_picture import render_html
-    from atlas_sink.report import ModelNotFound, build_report, render_text
+    from atlas_sink.report import CatalogReader, ModelNotFound, build_report, render_text
+    from atlas_sink.targets.atlas_reader import AtlasCatalog
+    from atlas_sink.targets.atlas_rest import AtlasRestTarget
     from atlas_sink.targets.local import LocalCatalog
 
     target = build_target(config)
     try:
-        if not isinstance(target, LocalCatalog):
+        reader: CatalogReader
+        if isinstance(target, LocalCatalog):
+            reader = target
+        elif isinstance(target, AtlasRestTarget):
+            reader = AtlasCatalog(target)
+        else:
             raise _Usage(
-                f"the report reads the embedded catalog; the {config.target} target has no "
-                "reader yet: use --target local --catalog PATH"
+                "the atlas-hook target only writes (to Kafka): read the report with "
+                "--target atlas-rest (ATLAS_URL) or --target local --catalog PATH"
             )
         try:
-            report = build_report(target, args.model, args.cluster, args.version)
+            report = build_report(reader, args.model, args.cluster, args.version)
         except ModelNotFound as exc:
             raise _Usage(str(exc)) from None
     finally:

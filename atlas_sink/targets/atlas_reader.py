@@ -1,0 +1,191 @@
+"""Atlas read as the report reads the embedded catalog (``report.CatalogReader``).
+
+Atlas answers with guids, object ids and relationship attributes; this turns them into the
+same ``StoredEntity``, ``Referrer`` and ``LineageGraph`` the local catalog returns, so one
+report serves both. "Who refers to this entity" is each relationship's other end, which
+Atlas lists on the entity itself: the table below names that end for every reference the
+translation writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from atlas_sink.entities import Ref
+from atlas_sink.targets.atlas_rest import AtlasRestTarget
+from atlas_sink.targets.local import (
+    LineageGraph,
+    LineageNode,
+    LineageRelation,
+    Referrer,
+    StoredEntity,
+    entity_key,
+)
+
+Direction = Literal["INPUT", "OUTPUT", "BOTH"]
+
+# reference attribute -> the relationship attribute Atlas keeps on the referenced entity
+INVERSE = {
+    "inputs": "inputToProcesses",
+    "outputs": "outputFromProcesses",
+    "model": "versions",
+    "modelVersion": "schemaChanges",
+    "describes": "servemetaSchemas",
+    "inputSchema": "inputOfVersions",
+    "outputSchema": "outputOfVersions",
+    "newSchema": "introducedBy",
+}
+
+
+def _is_object_id(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and "typeName" in value
+        and ("guid" in value or "uniqueAttributes" in value)
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Struct values come as {typeName, attributes}: keep the attributes."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) and "attributes" in value and "typeName" in value:
+        return dict(value["attributes"])
+    return value
+
+
+class AtlasCatalog:
+    def __init__(self, rest: AtlasRestTarget) -> None:
+        self._rest = rest
+        self._qualified_names: dict[str, Ref] = {}
+
+    def _ref(self, value: dict[str, Any], referred: dict[str, Any]) -> Ref | None:
+        qualified = (value.get("uniqueAttributes") or {}).get("qualifiedName")
+        guid = value.get("guid")
+        if qualified is None and guid in referred:
+            qualified = referred[guid]["attributes"].get("qualifiedName")
+        if qualified is None and guid in self._qualified_names:
+            return self._qualified_names[guid]
+        if qualified is None:
+            return None
+        ref = Ref(value["typeName"], qualified)
+        if guid:
+            self._qualified_names[guid] = ref
+        return ref
+
+    def _stored(self, answer: dict[str, Any]) -> StoredEntity:
+        entity = answer["entity"]
+        referred = answer.get("referredEntities") or {}
+        guid = entity.get("guid")
+        attributes: dict[str, Any] = {}
+        references: dict[str, Ref | list[Ref]] = {}
+        relationship = entity.get("relationshipAttributes") or {}
+        for name, value in {**entity.get("attributes", {}), **relationship}.items():
+            if _is_object_id(value):
+                ref = self._ref(value, referred)
+                if ref is not None:
+                    references[name] = ref
+            elif isinstance(value, list) and value and all(_is_object_id(v) for v in value):
+                references[name] = [r for v in value if (r := self._ref(v, referred))]
+            elif name not in relationship:
+                attributes[name] = _plain(value)
+        qualified = attributes.get("qualifiedName", "")
+        if guid:
+            self._qualified_names[guid] = Ref(entity["typeName"], qualified)
+        own: list[str] = []
+        propagated: dict[str, tuple[str, ...]] = {}
+        for classification in entity.get("classifications") or []:
+            origin = classification.get("entityGuid")
+            if origin in (None, guid):
+                own.append(classification["typeName"])
+            else:
+                source = self._qualified_names.get(origin)
+                propagated[classification["typeName"]] = (
+                    entity_key(source) if source else f"guid:{origin}",
+                )
+        return StoredEntity(
+            type_name=entity["typeName"],
+            qualified_name=qualified,
+            attributes=attributes,
+            references=references,
+            classifications=tuple(sorted(own)),
+            propagated_classifications=propagated,
+        )
+
+    def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None:
+        answer = self._rest.entity(type_name, qualified_name)
+        return None if answer is None else self._stored(answer)
+
+    def find(
+        self,
+        type_name: str | None = None,
+        classification: str | None = None,
+        include_subtypes: bool = True,
+        include_propagated: bool = True,
+    ) -> list[StoredEntity]:
+        # Atlas's basic search includes subtypes and propagated classifications by default.
+        result = self._rest.search(type_name, classification)
+        found = []
+        for header in result.get("entities") or []:
+            stored = self.entity(header["typeName"], header["attributes"]["qualifiedName"])
+            if stored is not None:
+                found.append(stored)
+        return sorted(found, key=lambda e: (e.type_name, e.qualified_name))
+
+    def referrers(
+        self, type_name: str, qualified_name: str, attribute: str | None = None
+    ) -> list[Referrer]:
+        target = self._rest.entity(type_name, qualified_name)
+        if target is None:
+            return []
+        relationship = target["entity"].get("relationshipAttributes") or {}
+        referred = target.get("referredEntities") or {}
+        wanted = [attribute] if attribute is not None else sorted(INVERSE)
+        out = []
+        for name in wanted:
+            ends = relationship.get(INVERSE.get(name, ""))
+            for end in ends if isinstance(ends, list) else [ends] if ends else []:
+                ref = self._ref(end, referred)
+                if ref is None or end.get("relationshipStatus") == "DELETED":
+                    continue
+                stored = self.entity(ref.type_name, ref.qualified_name)
+                if stored is not None:
+                    out.append(Referrer(name, stored))
+        return sorted(out, key=lambda r: (r.attribute, r.entity.type_name, r.entity.qualified_name))
+
+    def lineage(
+        self, type_name: str, qualified_name: str, direction: Direction = "BOTH", depth: int = 3
+    ) -> LineageGraph:
+        answer = self._rest.lineage(type_name, qualified_name, direction, depth) or {}
+        headers = answer.get("guidEntityMap") or {}
+        keys: dict[str, str] = {}
+        nodes: dict[str, LineageNode] = {}
+        for guid, header in headers.items():
+            attrs = header.get("attributes") or {}
+            ref = Ref(header["typeName"], attrs.get("qualifiedName", guid))
+            keys[guid] = entity_key(ref)
+            nodes[keys[guid]] = LineageNode(
+                type_name=ref.type_name,
+                qualified_name=ref.qualified_name,
+                name=attrs.get("name"),
+                classifications=tuple(sorted(set(header.get("classificationNames") or []))),
+                propagated_classifications=(),
+                incomplete=bool(header.get("isIncomplete")),
+            )
+        relations = sorted(
+            {
+                LineageRelation(keys[r["fromEntityId"]], keys[r["toEntityId"]])
+                for r in answer.get("relations") or []
+                if r.get("fromEntityId") in keys and r.get("toEntityId") in keys
+            }
+        )
+        base = keys.get(
+            answer.get("baseEntityGuid", ""), entity_key(Ref(type_name, qualified_name))
+        )
+        return LineageGraph(
+            base_entity_id=base,
+            direction=direction,
+            depth=depth,
+            nodes=nodes,
+            relations=relations,
+        )
