@@ -97,6 +97,21 @@ def _schema(reader: CatalogReader, ref: Ref | None) -> dict[str, Any] | None:
     }
 
 
+def _merged(base: LineageGraph, others: list[LineageGraph]) -> LineageGraph:
+    nodes = dict(base.nodes)
+    relations = set(base.relations)
+    for other in others:
+        nodes.update(other.nodes)
+        relations.update(other.relations)
+    return LineageGraph(
+        base_entity_id=base.base_entity_id,
+        direction=base.direction,
+        depth=base.depth,
+        nodes=nodes,
+        relations=sorted(relations),
+    )
+
+
 def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
     """How safely the artifact is stored, from the facts the server reported."""
     problems = []
@@ -233,7 +248,13 @@ def build_report(
     )
     input_ref = current.references.get("inputSchema")
     output_ref = current.references.get("outputSchema")
-    lineage = reader.lineage(MODEL_VERSION, version_qn, "BOTH", 0)
+    # The version's own lineage shows what feeds it and what it feeds, not what else feeds the
+    # processes downstream (Atlas draws it so too): add each deployment's other inputs, so the
+    # picture shows the data flowing through serving.
+    lineage = _merged(
+        reader.lineage(MODEL_VERSION, version_qn, "BOTH", 0),
+        [reader.lineage(DEPLOYMENT, d["qualifiedName"], "INPUT", 1) for d in deployments],
+    )
 
     data: dict[str, Any] = {
         "model": {

@@ -111,6 +111,20 @@ def test_report_answers_every_question(catalog: LocalCatalog) -> None:
     assert "PII" in deployment["classifications"]
     assert deployment["live"]["totalRequests"] == 10
     assert deployment["live"]["errorRate"] == pytest.approx(0.1)
+    # The picture's graph shows the data flowing through serving, input topic included.
+    relations = d["lineage"]["relations"]
+    assert (
+        "servemeta_model_version:wine.2@local",
+        "servemeta_deployment:wine-scorer.wine@local",
+    ) in relations
+    assert (
+        "kafka_topic:wine-requests@local",
+        "servemeta_deployment:wine-scorer.wine@local",
+    ) in relations
+    assert (
+        "servemeta_deployment:wine-scorer.wine@local",
+        "kafka_topic:wine-scores@local",
+    ) in relations
 
 
 def test_schema_history_belongs_to_its_version(catalog: LocalCatalog) -> None:
