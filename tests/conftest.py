@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,6 +31,9 @@ from capture.events import (
     ScoringStats,
     Training,
 )
+
+if TYPE_CHECKING:
+    from tests import services
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -130,6 +134,21 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with services.kafka() as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def atlas_server(kafka_bootstrap: str) -> Iterator[services.AtlasServer]:
+    """One Atlas for the whole session (a start takes about a minute): ATLAS_URL when set, else
+    the project's own, consuming its own hook topic on ``kafka_bootstrap``."""
+    from tests import services
+
+    with services.atlas(kafka_bootstrap) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def atlas_url(atlas_server: services.AtlasServer) -> str:
+    return atlas_server.url
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from local_services.atlas import AtlasService
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE = REPO / ".run" / "tests"
@@ -81,6 +85,78 @@ def registry() -> Iterator[str]:
     raise RuntimeError(  # pragma: no cover
         "no schema registry: set SCHEMA_REGISTRY_URL or install Java for the project's own"
     )
+
+
+@dataclass(frozen=True)
+class AtlasServer:
+    """An Atlas for the tests: the project's own (``service`` set) or one named by ATLAS_URL."""
+
+    url: str
+    auth: tuple[str, str]
+    # The broker and topic Atlas consumes hook notifications from; None when not known (an
+    # ATLAS_URL without KAFKA_BOOTSTRAP_SERVERS: the tests' broker is not Atlas's).
+    kafka_bootstrap: str | None
+    hook_topic: str | None
+    # The project's own server, which tests may stop and start (the address stays the same).
+    service: AtlasService | None = None
+
+
+@contextmanager
+def atlas(kafka_bootstrap: str) -> Iterator[AtlasServer]:
+    """ATLAS_URL (with ATLAS_USERNAME / ATLAS_PASSWORD, default admin/admin) when set, else the
+    project's own Atlas consuming a hook topic of its own on ``kafka_bootstrap``."""
+    if os.environ.get("ATLAS_URL"):
+        auth = (
+            os.environ.get("ATLAS_USERNAME") or os.environ.get("ATLAS_USER") or "admin",
+            os.environ.get("ATLAS_PASSWORD") or "admin",
+        )
+        # Only a broker named by the environment can be the one that Atlas consumes.
+        shared_broker = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        hook_topic = os.environ.get("ATLAS_HOOK_TOPIC") or "ATLAS_HOOK"
+        yield AtlasServer(
+            url=os.environ["ATLAS_URL"].rstrip("/"),
+            auth=auth,
+            kafka_bootstrap=kafka_bootstrap if shared_broker else None,
+            hook_topic=hook_topic if shared_broker else None,
+        )
+        return
+    from local_services.atlas import PASSWORD, USER, AtlasService
+    from local_services.process import free_port, pid_alive, port_is_free
+
+    state = Path(tempfile.mkdtemp(prefix="atlas-", dir=_test_state()))
+    suffix = uuid.uuid4().hex[:10]
+    service = AtlasService(
+        state,
+        kafka_bootstrap=kafka_bootstrap,
+        # Its own hook topic and group: never the ATLAS_HOOK of a session Atlas on the broker.
+        hook_topic=f"ATLAS_HOOK_test_{suffix}",
+        consumer_group=f"atlas-test-{suffix}",
+        # A fixed port: a test that stops and starts Atlas finds it at the same address.
+        port=free_port(),
+        start_timeout=600,
+    )
+    started = service.start()
+    try:
+        yield AtlasServer(
+            url=started.address,
+            auth=(USER, PASSWORD),
+            kafka_bootstrap=kafka_bootstrap,
+            hook_topic=service.hook_topic,
+            service=service,
+        )
+    finally:
+        pid = service.status().pid
+        service.stop()
+        # The embedded Solr and ZooKeeper live in Atlas's JVM: nothing of it may remain.
+        leftovers = []
+        if pid is not None and pid_alive(pid):
+            leftovers.append(f"pid {pid} still alive")
+        if service.port is not None and not port_is_free(service.port):
+            leftovers.append(f"port {service.port} still taken")
+        if not leftovers:
+            shutil.rmtree(state, ignore_errors=True)
+    if leftovers:
+        raise RuntimeError(f"Atlas left {', '.join(leftovers)} after stop(); state in {state}")
 
 
 def unique_topic(prefix: str) -> str:

@@ -1,10 +1,11 @@
 """The local Apache Atlas launcher against the real server: start -> ACTIVE, the type models are
 loaded, entities written over REST read back, and hook notifications on Kafka are applied.
 
-One Atlas serves the whole module (a start takes about a minute on two cores; the first on a
-machine also fetches about 330 MB). It gets its own state dir, hook topic and consumer group, so
-it never touches a session Atlas started from <repo>/.run, nor the ATLAS_HOOK topic of the
-session broker.
+The session's Atlas serves these tests (``atlas_server`` in tests/conftest.py: a start takes
+about a minute on two cores; the first on a machine also fetches about 330 MB). It has its own
+state dir, hook topic and consumer group, so it never touches a session Atlas started from
+<repo>/.run, nor the ATLAS_HOOK topic of the session broker. With ATLAS_URL set, the tests of
+the launcher itself are skipped.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from local_services.atlas import AtlasService, credentials_line, password_hash
-from local_services.process import pid_alive, port_is_free
+from tests.services import AtlasServer
 
 AUTH = ("admin", "admin")
 # First start on a fresh machine: Maven fetch + unpack + pip + Atlas's own start.
@@ -48,20 +48,25 @@ def test_cli_atlas_address_exits_1_when_not_running(tmp_path: Path) -> None:
 
 
 class Atlas:
-    def __init__(self, service: AtlasService, address: str, bootstrap: str) -> None:
-        self.service = service
-        self.address = address
-        self.bootstrap = bootstrap
+    def __init__(self, server: AtlasServer) -> None:
+        self.server = server
+        self.address = server.url
+
+    @property
+    def service(self) -> AtlasService:
+        if self.server.service is None:
+            pytest.skip("ATLAS_URL names an Atlas this session did not start")
+        return self.server.service
 
     def get(self, path: str, **params: str) -> Any:
         import requests
 
-        return requests.get(self.address + path, params=params, auth=AUTH, timeout=30)
+        return requests.get(self.address + path, params=params, auth=self.server.auth, timeout=30)
 
     def post(self, path: str, body: Any) -> Any:
         import requests
 
-        return requests.post(self.address + path, json=body, auth=AUTH, timeout=120)
+        return requests.post(self.address + path, json=body, auth=self.server.auth, timeout=120)
 
     def entity(self, type_name: str, qualified_name: str) -> Any:
         return self.get(
@@ -71,37 +76,24 @@ class Atlas:
 
 
 @pytest.fixture(scope="module")
-def atlas(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Atlas]:
-    service = AtlasService(
-        tmp_path_factory.mktemp("atlas"),
-        kafka_bootstrap=kafka_bootstrap,
-        hook_topic=f"ATLAS_HOOK_test_{uuid.uuid4().hex[:10]}",
-        consumer_group=f"atlas-test-{uuid.uuid4().hex[:10]}",
-        start_timeout=600,
-    )
-    started = service.start()
-    port = int(started.address.rsplit(":", 1)[1])
-    try:
-        yield Atlas(service, started.address, kafka_bootstrap)
-    finally:
-        assert service.stop()
-    # The embedded Solr and ZooKeeper live in Atlas's JVM: nothing of the group may remain.
-    assert not pid_alive(started.pid)
-    assert port_is_free(port)
-    assert service.status().state == "stopped"
+def atlas(atlas_server: AtlasServer) -> Atlas:
+    # The session's Atlas (tests/conftest.py): started once for every Atlas test. Its teardown
+    # checks that stop() leaves neither a process nor the port behind.
+    return Atlas(atlas_server)
 
 
 @pytest.mark.atlas
 @pytest.mark.timeout(START_BUDGET)
 def test_start_reaches_active_and_a_second_start_reuses_the_server(atlas: Atlas) -> None:
+    service = atlas.service
     assert atlas.address.startswith("http://127.0.0.1:")
     response = atlas.get("/api/atlas/admin/status")
     assert response.status_code == 200
     assert response.json() == {"Status": "ACTIVE"}
-    status = atlas.service.status()
+    status = service.status()
     assert status.state == "running", status.describe()
-    assert atlas.service.address() == atlas.address
-    again = atlas.service.start()
+    assert service.address() == atlas.address
+    again = service.start()
     assert again.already_running
     assert again.address == atlas.address
 
@@ -179,11 +171,13 @@ def _hook_message(entity: dict[str, Any]) -> bytes:
 def test_atlas_applies_hook_notifications_from_kafka(atlas: Atlas) -> None:
     from confluent_kafka import Producer
 
+    if atlas.server.hook_topic is None or atlas.server.kafka_bootstrap is None:
+        pytest.skip("ATLAS_URL without KAFKA_BOOTSTRAP_SERVERS: Atlas's hook broker is unknown")
     topic = f"wine-scores-{uuid.uuid4().hex[:8]}"
     qualified_name = f"{topic}@local"
-    producer = Producer({"bootstrap.servers": atlas.bootstrap})
+    producer = Producer({"bootstrap.servers": atlas.server.kafka_bootstrap})
     producer.produce(
-        atlas.service.hook_topic,
+        atlas.server.hook_topic,
         _hook_message(
             {
                 "typeName": "kafka_topic",
@@ -206,10 +200,13 @@ def test_atlas_applies_hook_notifications_from_kafka(atlas: Atlas) -> None:
             break
         assert read.status_code == 404, read.text
         if time.monotonic() > deadline:
-            failed = atlas.service.log_dir / "atlas-failed.log"
+            failed = (
+                atlas.server.service.log_dir / "atlas-failed.log" if atlas.server.service else None
+            )
             pytest.fail(
-                f"Atlas did not apply the hook message on {atlas.service.hook_topic} within 90 s; "
-                f"failed messages: {failed.read_text() if failed.exists() else 'none logged'}"
+                f"Atlas did not apply the hook message on {atlas.server.hook_topic} within 90 s; "
+                "failed messages: "
+                f"{failed.read_text() if failed and failed.exists() else 'none logged'}"
             )
         time.sleep(0.5)
     entity = read.json()["entity"]

@@ -51,7 +51,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from atlas_sink import atlas_json, naming
 from atlas_sink.atlas_json import JsonDict, TypeModel
 from atlas_sink.entities import Entity, Ref
-from atlas_sink.targets import TargetUnavailable, WriteResult
+from atlas_sink.targets import Rejection, TargetUnavailable, WriteResult
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from atlas_sink.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE, TRAINING
 from atlas_sink.typedefs import load_project_typedefs
@@ -256,7 +256,9 @@ class AtlasHookTarget:
 
     ``write`` returns once Kafka acknowledged every message (acks=all, idempotent producer);
     Atlas applies them later, on its own, and logs what it refuses: no ``Rejection`` can come
-    back through Kafka. ``fetch`` reads through ``rest`` when given; without it, it returns
+    back through Kafka. With ``rest``, entities carrying a classification Atlas has no type
+    for (and those referring to them) are refused before sending, as the REST target does.
+    ``fetch`` reads through ``rest`` when given; without it, it returns
     nothing, and deduplication relies on the sink's own cache alone (a restarted sink then
     rewrites the entities of redelivered events: the same values, so the same state).
     """
@@ -332,6 +334,14 @@ class AtlasHookTarget:
     def write(self, entities: Sequence[Entity]) -> WriteResult:
         if not entities:
             return WriteResult()
+        rejected: dict[Ref, Rejection] = {}
+        if self.rest is not None:
+            # Atlas's hook consumer fails a whole message on an entity with an undefined
+            # classification (a NullPointerException, logged and skipped): refuse those here.
+            rejected = self.rest.refuse_unknown_classifications(entities)
+            entities = [e for e in entities if e.ref not in rejected]
+            if not entities:
+                return WriteResult(rejected=rejected)
         messages = build_messages(
             entities,
             self.model,
@@ -362,7 +372,7 @@ class AtlasHookTarget:
                 f"within {self.delivery_timeout:.0f} s ({first}); expected every message "
                 "acknowledged. Check the brokers and the topic"
             )
-        return WriteResult(written=len(entities), requests=len(messages))
+        return WriteResult(written=len(entities), requests=len(messages), rejected=rejected)
 
     def close(self) -> None:
         if self._producer is not None:

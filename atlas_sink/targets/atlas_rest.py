@@ -22,6 +22,19 @@ How Atlas answers decides what the sink does (``classify``, pure):
 Retrying a bulk POST is safe: it is an upsert of absolute values, so one applied twice
 leaves the same state.
 
+What the real server (Atlas 2.1.0 with 2.4.0's models) showed, and the target does about it:
+
+- An entity carrying a classification Atlas has no type for is not refused with a 4xx: the
+  bulk write fails with a bare 500 (a NullPointerException in EntityGraphMapper
+  .createClassificationVertex), which looks like a lock conflict and would be retried forever.
+  So classification names are confirmed first (``GET /types/classificationdef/name/<n>``,
+  once per name), and entities carrying an unknown one are refused with Atlas's answer to
+  that (404 ATLAS-404-00-001), together with the entities of the batch referring to them.
+  After a write that ran out of retries, the names are confirmed again.
+- An Atlas without the project's types (a new or reset server) refuses every entity with 400
+  ATLAS-400-00-014. When that error names one of the project's types, the target registers
+  the types again and repeats the request, once per write, instead of dead-lettering it all.
+
 The password is held by the session's auth object only; it is never logged, never in a
 message and never in ``repr``.
 """
@@ -32,6 +45,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -282,6 +296,10 @@ class AtlasRestTarget:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._classified = _LruSet(classification_cache)
+        # Classification types Atlas confirmed it has (see ``classification_problems``).
+        self._classification_types: set[str] = set()
+        # Set while one write() re-registered the project's types (at most once per write).
+        self._types_restored = False
         self._session = session or requests.Session()
         self._session.headers.update(
             {
@@ -356,11 +374,91 @@ class AtlasRestTarget:
         result = WriteResult()
         if not entities:
             return result
+        result.rejected.update(self.refuse_unknown_classifications(entities))
+        writable = [e for e in entities if e.ref not in result.rejected]
         created: set[Ref] = set()
-        for batch in self._batches(atlas_json.topological_order(entities)):
-            self._write_batch(batch, result, created)
-        self._add_classifications(entities, created, result)
+        try:
+            for batch in self._batches(atlas_json.topological_order(writable)):
+                self._write_batch(batch, result, created)
+        except TargetUnavailable:
+            # A classification type deleted since it was confirmed makes Atlas 2.1 answer a bare
+            # 500 (a NullPointerException in EntityGraphMapper.createClassificationVertex),
+            # which is retried like any 5xx: confirm the types again before the next attempt,
+            # so that such an entity is refused then instead of blocking its partition.
+            self._classification_types.clear()
+            raise
+        self._add_classifications(writable, created, result)
         return result
+
+    def classification_problems(self, names: Iterable[str]) -> dict[str, AtlasError]:
+        """Atlas's error for each classification name it has no type for (asked once per name
+        until Atlas confirms it; confirmed names are remembered).
+
+        Checked before writing because Atlas 2.1 does not refuse an entity carrying an
+        undefined classification with a 4xx: ``POST /entity/bulk`` (and the hook consumer) fail
+        with a NullPointerException, a bare HTTP 500 that a sink must retry, so one such event
+        would block its partition forever. ``GET /types/classificationdef/name/<name>`` answers
+        404 ATLAS-404-00-001 for it."""
+        problems: dict[str, AtlasError] = {}
+        for name in sorted(set(names) - self._classification_types):
+            what = f"reading classification type {name!r}"
+            answer = self._request(
+                "GET", f"/types/classificationdef/name/{_segment(name)}", what=what
+            )
+            if answer.verdict is not Verdict.OK and self._restore_types(
+                name, f"{answer.error}, reading classification type {name!r}"
+            ):
+                answer = self._request(
+                    "GET", f"/types/classificationdef/name/{_segment(name)}", what=what
+                )
+            if answer.verdict is Verdict.OK:
+                self._classification_types.add(name)
+            else:
+                problems[name] = answer.error
+        return problems
+
+    def refuse_unknown_classifications(self, entities: Sequence[Entity]) -> dict[Ref, Rejection]:
+        """Rejections for the entities that carry a classification Atlas has no type for, and
+        for the entities of ``entities`` that refer to those (Atlas would refuse them: 404
+        ATLAS-404-00-00A over REST; the hook path would make shells of the refused ones)."""
+        self._types_restored = False  # a new write: the types may be restored once in it
+        problems = self.classification_problems({n for e in entities for n in e.classifications})
+        if not problems:
+            return {}
+        rejected: dict[Ref, Rejection] = {}
+        for entity in entities:
+            for name in entity.classifications:
+                error = problems.get(name)
+                if error is not None:
+                    rejected[entity.ref] = Rejection(
+                        error.code,
+                        f"classification {name!r} is not defined in Atlas: {_message(error)}",
+                    )
+                    break
+        changed = True
+        while changed:  # referrers of refused entities, transitively
+            changed = False
+            for entity in entities:
+                if entity.ref in rejected:
+                    continue
+                refused = next((t for t in _refs(entity) if t in rejected), None)
+                if refused is not None:
+                    cause = rejected[refused]
+                    rejected[entity.ref] = Rejection(
+                        cause.code,
+                        f"refers to {refused.type_name} {refused.qualified_name!r}, which was "
+                        f"refused: {cause.message}",
+                    )
+                    changed = True
+        for ref, rejection in rejected.items():
+            log.warning(
+                "refusing %s %r: %s",
+                ref.type_name,
+                ref.qualified_name,
+                rejection.message,
+                extra={"code": rejection.code},
+            )
+        return rejected
 
     def close(self) -> None:
         self._session.close()
@@ -472,6 +570,11 @@ class AtlasRestTarget:
             result.written += len(batch)
             created.update(_created(batch, response))
             return
+        if answer.error.code == TYPE_NAME_INVALID and self._restore_types(
+            answer.error.message, f"{answer.error}, writing {len(batch)} entities"
+        ):
+            self._write_batch(batch, result, created)
+            return
         if len(batch) == 1:
             entity = batch[0]
             error = answer.error
@@ -489,6 +592,28 @@ class AtlasRestTarget:
         middle = len(batch) // 2
         self._write_batch(batch[:middle], result, created)
         self._write_batch(batch[middle:], result, created)
+
+    def _restore_types(self, text: str, what: str) -> bool:
+        """When ``text`` (an Atlas error) names one of the project's own types, register the
+        types again and say so; at most once per write. An Atlas that lost them (a new or
+        reset server, a type deleted by hand) then gets them back instead of every entity
+        being refused with 400 ATLAS-400-00-014 (unknown type) and dead-lettered."""
+        if self._types_restored:
+            return False
+        missing = sorted(
+            name for name in type_names(self.typedefs) if re.search(rf"\b{re.escape(name)}\b", text)
+        )
+        if not missing:
+            return False
+        self._types_restored = True
+        log.warning(
+            "Atlas at %s lacks the project's type(s) %s (%s): registering the types again",
+            self.base_url,
+            missing,
+            what,
+        )
+        self.ensure_types()
+        return True
 
     def _add_classifications(
         self, entities: Sequence[Entity], created: set[Ref], result: WriteResult
@@ -706,6 +831,13 @@ def _created(batch: Sequence[Entity], response: Any) -> set[Ref]:
         for ref, placeholder in placeholders.items()
         if assignments.get(placeholder) in created_guids
     }
+
+
+def _refs(entity: Entity) -> list[Ref]:
+    refs: list[Ref] = []
+    for target in entity.references.values():
+        refs.extend([target] if isinstance(target, Ref) else target)
+    return refs
 
 
 def _query_chunks(qualified_names: Sequence[str]) -> Iterator[list[str]]:

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Atlas's own UI showing a served model's lineage, as a PNG taken by headless Chromium.
+#
+#   bash scripts/atlas_screenshot.sh [OUT.png]        (default: docs/atlas-lineage.png)
+#
+# 1. Starts the project's Kafka and Apache Atlas (python -m local_services; each is reused
+#    when already running; Atlas takes about a minute) -- or uses ATLAS_URL (with
+#    ATLAS_USERNAME / ATLAS_PASSWORD, default admin/admin) and KAFKA_BOOTSTRAP_SERVERS.
+# 2. Emits the lifecycle events of a demo model with the capture emitter (wine 1 in cluster
+#    "demo": trained on file:///data/wine.csv, served from wine-requests to wine-scores, an
+#    output schema change, scoring windows) and loads them into Atlas through the sink
+#    (`atlas-sink replay --target atlas-rest`, with a PII rule on the training data).
+# 3. Opens the model version's lineage tab in Atlas's UI with headless Chromium (Debian's
+#    `chromium`, installed with apt-get when missing and running as root), driven by
+#    playwright-core (npm, cached in $SERVEMETA_CACHE_DIR or ~/.cache/servemeta), waits for
+#    the graph to show all five nodes and writes the PNG.
+#
+# Kafka and Atlas keep running afterwards, to browse the catalog at the printed address; stop
+# them with `python -m local_services atlas stop` and `python -m local_services kafka stop`.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+OUT="$(realpath -m "${1:-docs/atlas-lineage.png}")"
+PYTHON="${PYTHON:-python}"
+CACHE="${SERVEMETA_CACHE_DIR:-$HOME/.cache/servemeta}"
+PW_DIR="$CACHE/playwright-core"
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+TOPIC="${SERVEMETA_SCREENSHOT_TOPIC:-servemeta.screenshot-demo}"
+CLUSTER=demo
+
+say() { printf 'atlas_screenshot: %s\n' "$*" >&2; }
+
+# -- tools ------------------------------------------------------------------------------------
+if [[ ! -x "$CHROMIUM" ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing Debian's chromium (apt-get install -y chromium)..."
+        apt-get install -y chromium >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium >/dev/null; }
+    else
+        say "no Chromium at $CHROMIUM: install Debian's package (sudo apt-get install -y chromium) or set CHROMIUM"
+        exit 1
+    fi
+fi
+if [[ ! -f "$PW_DIR/node_modules/playwright-core/package.json" ]]; then
+    command -v npm >/dev/null || { say "npm not found: install Node.js 18+ (apt-get install -y nodejs npm)"; exit 1; }
+    say "installing playwright-core into $PW_DIR (npm, first run only)..."
+    mkdir -p "$PW_DIR"
+    npm install --prefix "$PW_DIR" --no-audit --no-fund --silent playwright-core@1 >&2
+fi
+
+# -- services ---------------------------------------------------------------------------------
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+    KAFKA_BOOTSTRAP_SERVERS="$("$PYTHON" -m local_services kafka start | tail -n 1)"
+fi
+export KAFKA_BOOTSTRAP_SERVERS
+if [[ -z "${ATLAS_URL:-}" ]]; then
+    ATLAS_URL="$("$PYTHON" -m local_services atlas start | tail -n 1)"
+fi
+export ATLAS_URL
+export ATLAS_USERNAME="${ATLAS_USERNAME:-admin}" ATLAS_PASSWORD="${ATLAS_PASSWORD:-admin}"
+say "Kafka at $KAFKA_BOOTSTRAP_SERVERS, Atlas at $ATLAS_URL"
+
+# -- a demo model, through the emitter and the sink -------------------------------------------
+"$PYTHON" - "$TOPIC" "$CLUSTER" <<'PY'
+import os
+import sys
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from capture.config import EmitterConfig
+from capture.dataschema import data_schema
+from capture.emitter import Emitter
+from capture.events import (
+    Artifact, DataSource, Deployment, FieldSpec, Metric, ModelIdentity, ModelLoaded, ModelType,
+    Runtime, Training,
+)
+
+topic, cluster = sys.argv[1], sys.argv[2]
+bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+admin = AdminClient({"bootstrap.servers": bootstrap})
+if topic not in admin.list_topics(timeout=15).topics:
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+
+features = data_schema(
+    [
+        FieldSpec(name="alcohol", type="double", doc="percent by volume"),
+        FieldSpec(name="color_intensity", type="double"),
+        FieldSpec(name="proline", type="double"),
+    ]
+)
+scores = data_schema([FieldSpec(name="cultivar", type="long", doc="predicted class")])
+scores_v2 = data_schema(
+    [
+        FieldSpec(name="cultivar", type="long", doc="predicted class"),
+        FieldSpec(name="probability", type="double", doc="of the predicted class"),
+    ]
+)
+wine = ModelIdentity(name="wine", version="1")
+loaded = ModelLoaded(
+    model_type=ModelType(
+        framework="sklearn", framework_version="1.5.0", algorithm="RandomForestClassifier"
+    ),
+    artifact=Artifact(
+        uri="s3://models/wine/1/model.pkl", scheme="s3", encrypted_at_rest=True,
+        access_mode="private",
+    ),
+    training=Training(
+        sources=[DataSource(uri="file:///data/wine.csv", name="wine", format="csv", schema=features)],
+        run_id="run-42",
+        hyper_parameters={"n_estimators": "50", "max_depth": "8"},
+    ),
+    metrics=[Metric(name="accuracy", value=0.97, split="test")],
+    input_schema=features,
+    output_schema=scores,
+    runtime=Runtime(language="python", language_version="3.11", host="scorer-0", replicas=2),
+    inputs=["kafka://wine-requests"],
+    outputs=["kafka://wine-scores"],
+    owner="data-science",
+    tags=["demo"],
+    classifications=["Confidential"],
+)
+deployment = Deployment(server_kind="python", server_name="wine-scorer", cluster=cluster)
+with Emitter(EmitterConfig(bootstrap_servers=bootstrap, topic=topic), deployment) as emitter:
+    emitter.model_loaded(wine, loaded)
+    emitter.schema_changed(wine, "OUTPUT", scores_v2, previous=scores)
+    recorder = emitter.scoring_recorder(wine, window_seconds=3600)
+    for latency in (0.004, 0.002, 0.003, 0.011, 0.002):
+        recorder.record(latency)
+    recorder.record(0.050, error="timeout")
+print(f"emitted {emitter.stats().delivered} events to {topic}", file=sys.stderr)
+PY
+
+SINK_TOPICS="$TOPIC" SINK_DLQ_TOPIC="$TOPIC.dlq" SINK_GROUP_ID=servemeta-screenshot \
+SINK_CLASSIFICATION_RULES='[{"classification": "PII", "dataset_pattern": "wine\\.csv$"}]' \
+    "$PYTHON" -m atlas_sink --log-level WARNING replay --from-beginning --target atlas-rest --no-progress >&2
+
+GUID="$("$PYTHON" - "$CLUSTER" <<'PY'
+import os
+import sys
+
+import requests
+
+from atlas_sink import naming
+
+qualified_name = naming.model_version("wine", "1", sys.argv[1])
+answer = requests.get(
+    f"{os.environ['ATLAS_URL']}/api/atlas/v2/entity/uniqueAttribute/type/servemeta_model_version",
+    params={"attr:qualifiedName": qualified_name, "ignoreRelationships": "true"},
+    auth=(os.environ["ATLAS_USERNAME"], os.environ["ATLAS_PASSWORD"]),
+    timeout=30,
+)
+if answer.status_code != 200:
+    sys.exit(f"Atlas has no model version {qualified_name!r} ({answer.status_code} {answer.text[:200]})")
+print(answer.json()["entity"]["guid"])
+PY
+)"
+say "model version wine.1@$CLUSTER is $GUID"
+
+# -- the screenshot ---------------------------------------------------------------------------
+mkdir -p "$(dirname "$OUT")"
+SCRIPT="$(mktemp --suffix=.mjs)"
+trap 'rm -f "$SCRIPT"' EXIT
+cat >"$SCRIPT" <<'JS'
+import { createRequire } from "module";
+
+const require = createRequire(process.env.PW_DIR + "/");
+const { chromium } = require("playwright-core");
+const [atlas, guid, out] = process.argv.slice(2);
+const credentials = `${process.env.ATLAS_USERNAME}:${process.env.ATLAS_PASSWORD}`;
+// launch() runs Chromium on a fresh temporary profile (user data dir) of its own.
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM,
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+  ],
+});
+try {
+  // Atlas takes HTTP basic authentication on every request, the UI's included: no login form.
+  const context = await browser.newContext({
+    viewport: { width: 1600, height: 900 },
+    extraHTTPHeaders: { Authorization: "Basic " + Buffer.from(credentials).toString("base64") },
+  });
+  const page = await context.newPage();
+  await page.goto(`${atlas}/index.html#!/detailPage/${guid}?tabActive=lineage`);
+  // The lineage tab draws one <g class="node"> per entity: the training data set, the
+  // training run, the model version, the deployment and its output topic.
+  await page.waitForFunction(() => document.querySelectorAll("#tab-lineage svg g.node").length >= 5, null, {
+    timeout: 60000,
+  });
+  const labels = await page.$$eval("#tab-lineage svg g.node", (nodes) => nodes.map((n) => n.textContent.trim()));
+  if (!labels.some((l) => l.includes("wine 1"))) {
+    throw new Error(`the lineage graph shows ${JSON.stringify(labels)}, expected "wine 1"`);
+  }
+  await page.waitForTimeout(1000); // let the graph's zoom-to-fit transition finish
+  await page.screenshot({ path: out });
+  console.error(`lineage nodes: ${labels.join(" | ")}`);
+} finally {
+  await browser.close();
+}
+JS
+PW_DIR="$PW_DIR" CHROMIUM="$CHROMIUM" node "$SCRIPT" "$ATLAS_URL" "$GUID" "$OUT"
+say "wrote $OUT (Atlas: $ATLAS_URL/index.html#!/detailPage/$GUID?tabActive=lineage)"
