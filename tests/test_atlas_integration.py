@@ -873,6 +873,43 @@ def test_pii_on_a_training_source_propagates_to_the_model_and_the_deployment(
 
 
 @pytest.mark.timeout(BUDGET)
+def test_the_governance_report_reads_atlas(
+    atlas: Atlas,
+    rest_run: RestRun,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    in_process_cli: None,
+) -> None:
+    demo = rest_run.demo
+    monkeypatch.setenv("ATLAS_URL", atlas.url)
+    monkeypatch.setenv("ATLAS_USERNAME", atlas.server.auth[0])
+    monkeypatch.setenv("ATLAS_PASSWORD", atlas.server.auth[1])
+    capsys.readouterr()
+    code = cli.main(
+        ["report", "wine", "--target", "atlas-rest", "--cluster", demo.cluster, "--json"]
+    )
+    assert code == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"]["qualifiedName"] == demo.version
+    assert [s["qualifiedName"] for s in report["training"]["sources"]] == [demo.source]
+    assert report["training"]["runId"] == "run-42"
+    assert report["type"]["algorithm"] == "RandomForestClassifier"
+    assert report["artifact"]["storage"]["verdict"] == "secure"
+    assert report["quality"]["trained"] == {"test.accuracy": 0.97}
+    (deployment,) = report["processes"]
+    assert deployment["qualifiedName"] == demo.deployment
+    assert deployment["inputs"] == [demo.topic("wine-requests")]
+    assert deployment["outputs"] == [demo.topic("wine-scores")]
+    relations = {tuple(r) for r in report["lineage"]["relations"]}
+    requests_topic = f"{KAFKA_TOPIC}:{demo.topic('wine-requests')}"
+    assert (requests_topic, f"{DEPLOYMENT}:{demo.deployment}") in relations
+    assert [f["name"] for f in report["schemas"]["input"]["fields"]] == [
+        "alcohol",
+        "color_intensity",
+    ]
+
+
+@pytest.mark.timeout(BUDGET)
 def test_search_by_type_and_by_classification_finds_the_demo_model(
     atlas: Atlas, atlas_server: AtlasServer, rest_run: RestRun
 ) -> None:

@@ -66,6 +66,12 @@ class AtlasCatalog:
             qualified = referred[guid]["attributes"].get("qualifiedName")
         if qualified is None and guid in self._qualified_names:
             return self._qualified_names[guid]
+        if qualified is None and guid:
+            # Relationship ends carry only a guid: ask Atlas once, then remember it.
+            answer = self._rest.entity_by_guid(guid)
+            if answer is None:
+                return None
+            qualified = answer["entity"]["attributes"].get("qualifiedName")
         if qualified is None:
             return None
         ref = Ref(value["typeName"], qualified)

@@ -480,6 +480,12 @@ class AtlasRestTarget:
         )
         return self._read_answer(answer, f"reading {type_name} {qualified_name!r}")
 
+    def entity_by_guid(self, guid: str) -> dict[str, Any] | None:
+        """AtlasEntityWithExtInfo by guid (relationship ends name their entities by guid)."""
+        what = f"reading the entity with guid {guid!r}"
+        answer = self._request("GET", f"/entity/guid/{_segment(guid)}", what=what)
+        return self._read_answer(answer, what)
+
     def lineage(
         self, type_name: str, qualified_name: str, direction: str = "BOTH", depth: int = 3
     ) -> dict[str, Any] | None:
