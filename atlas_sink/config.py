@@ -115,6 +115,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "retry_max_seconds", "SINK_RETRY_MAX_SECONDS", "cap of the backoff while Atlas is down"
     ),
+    Setting(
+        "session_timeout_seconds",
+        "SINK_SESSION_TIMEOUT_SECONDS",
+        "a sink that died without leaving the group keeps its partitions this long",
+    ),
     Setting("ensure_types", "SINK_ENSURE_TYPES", "register type definitions when `run` starts"),
     Setting("log_level", "SINK_LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR"),
 )
@@ -196,6 +201,11 @@ class SinkConfig(BaseModel):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=30.0, gt=0)
+    # librdkafka's session.timeout.ms. A sink killed without leaving the group (SIGKILL, OOM,
+    # a lost node) holds its partitions until this expires, its restarted self included: the
+    # group waits for the dead member first. Brokers accept 6 to 1800 s unless configured
+    # otherwise (group.min/max.session.timeout.ms); librdkafka heartbeats every 3 s.
+    session_timeout_seconds: float = Field(default=45.0, ge=6, le=3600)
     ensure_types: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

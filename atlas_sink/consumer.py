@@ -9,7 +9,9 @@ Guarantees, and what gives them:
 - When the target is down, every assigned partition is paused and the one batch in hand
   is retried with exponential backoff; the consumer keeps polling (so it stays in the group)
   but fetches nothing, so memory stays at one batch whatever the backlog.
-- Refused credentials stop the sink (``SinkFatal``) instead of dead-lettering every event.
+- Refused credentials stop the sink (``SinkFatal``) instead of dead-lettering every event;
+  so does a broker refusing the sink's own SASL credentials, which librdkafka reports only
+  to the error callback (and would otherwise retry several times a second, forever).
 - On a revocation the batch in hand is finished and committed if the target takes it at
   once, and dropped uncommitted otherwise: the partition's next owner reads it again.
 
@@ -74,6 +76,9 @@ _FATAL_CODES = {
     KafkaError.SASL_AUTHENTICATION_FAILED,
     KafkaError._SSL,
 }
+# Of those, what the error callback may report: refused credentials. (An _SSL error there may
+# be a connection cut mid-handshake, which librdkafka's reconnect handles.)
+_REFUSED_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 
 T = TypeVar("T")
 
@@ -99,6 +104,7 @@ def consumer_config(config: SinkConfig, group_id: str, **extra: Any) -> dict[str
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
+        "session.timeout.ms": int(config.session_timeout_seconds * 1000),
         # Events of aborted transactions never reach the catalog.
         "isolation.level": "read_committed",
         "log.connection.close": False,
@@ -243,7 +249,10 @@ class SinkConsumer:
         self.health = health or Health()
         self.stop = stop or threading.Event()
         self.totals = Totals()
-        self._consumer = consumer or Consumer(consumer_config(config, config.group_id))
+        self._refused: KafkaError | None = None
+        self._consumer = consumer or Consumer(
+            consumer_config(config, config.group_id, error_cb=self._client_error)
+        )
         self._dlq = dlq or DeadLetterProducer(config, stop=self.stop)
         self._in_hand: _InHand | None = None
         self._collecting: list[Message] = []
@@ -300,6 +309,7 @@ class SinkConsumer:
 
     def step(self) -> None:
         """Collect and handle one batch, or wait out (part of) a backoff."""
+        self._stop_if_refused()
         self.health.beat()
         in_hand = self._in_hand
         if in_hand is not None:
@@ -328,6 +338,7 @@ class SinkConsumer:
                 limit - len(self._collecting), timeout=min(remaining, SLICE_SECONDS)
             )
             self.health.beat()
+            self._stop_if_refused()
             for msg in messages:
                 if msg.error() is None:
                     self._collecting.append(msg)
@@ -502,6 +513,16 @@ class SinkConsumer:
         self._collecting = []
 
     # -- errors and lag -------------------------------------------------------------------
+
+    def _client_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback, served by consume() on this thread."""
+        _client_error(err)
+        if err.code() in _REFUSED_CODES and self._refused is None:
+            self._refused = err
+
+    def _stop_if_refused(self) -> None:
+        if self._refused is not None:
+            raise SinkFatal(_fatal_message(self._refused), EXIT_KAFKA)
 
     def _message_error(self, msg: Message) -> None:
         err = msg.error()

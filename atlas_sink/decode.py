@@ -212,7 +212,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _moment(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    try:
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        raise DecodeError(
+            "timestamp",
+            f"a timestamp of {micros} microseconds since the epoch is outside the years "
+            "1 .. 9999: check the producer's clock",
+        ) from None
 
 
 # Identities repeat on every event of a producer: each distinct one is validated once (all

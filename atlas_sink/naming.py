@@ -13,6 +13,7 @@ model version          ``<model>.<version>@<cluster>``             ``wine.3@prod
 training run           ``<model>.<version>.training@<cluster>``    ``wine.3.training@prod``
 serving deployment     ``<server>.<model>@<cluster>``              ``scorer.wine@prod``
 data schema            ``<fingerprint>@<cluster>``                 ``sha256%3Aab12...@prod``
+schema of a data set   ``<fingerprint>.of.<data set qn>@<c>``      ``sha256%3Aab12.of.s3...@prod``
 schema change          ``<model>.<version>.<side>.<micros>@<c>``   ``wine.3.output.17...@prod``
 Kafka topic            ``<topic lower-case>@<cluster>``            ``wine-requests@prod``
 (Atlas's convention)
@@ -71,6 +72,15 @@ def deployment(server_name: str, model_name: str, cluster: str) -> str:
 @lru_cache(maxsize=65_536)
 def data_schema(fingerprint: str, cluster: str) -> str:
     return qualified([fingerprint], cluster)
+
+
+@lru_cache(maxsize=65_536)
+def source_schema(fingerprint: str, dataset_qualified_name: str, cluster: str) -> str:
+    """A data set's own copy of a schema: the one entity whose ``describes`` is that data set.
+
+    Shared by fingerprint, two data sets would contend for one ``describes`` link, and events
+    of two models have no order between them, so a replay could link it differently."""
+    return qualified([fingerprint, "of", dataset_qualified_name], cluster)
 
 
 def schema_change(name: str, version: str, side: str, event_micros: int, cluster: str) -> str:

@@ -31,7 +31,7 @@ from atlas_sink.entities import (
 )
 from atlas_sink.targets import Target
 from atlas_sink.translate import DEPLOYMENT, DEPLOYMENT_TOTALS, Rules, translate
-from atlas_sink.validate import InvalidEvent, Limits, check_event, check_size
+from atlas_sink.validate import InvalidEvent, Limits, check_event, check_names, check_size
 from capture.events import ModelEvent
 
 K = TypeVar("K")
@@ -176,8 +176,17 @@ class Pipeline:
             if event_id in batch_ids or event_id in seen:
                 outcome.duplicates += 1
                 continue
+            try:
+                translated = translate(event, rules)
+                check_names(translated)
+            except InvalidEvent as exc:
+                outcome.dead.append(DeadLetter(message, exc.reason, exc.message))
+                continue
+            except ValueError as exc:  # urlsplit("kafka://[x"): "Invalid IPv6 URL"
+                detail = f"no entity name can be made from the event: {exc}"
+                outcome.dead.append(DeadLetter(message, "name", detail))
+                continue
             batch_ids[event_id] = index
-            translated = translate(event, rules)
             updates += translated
             sources += [index] * len(translated)
         outcome.updates = len(updates)

@@ -234,7 +234,10 @@ def dataset_update(uri: str, cluster: str, rules: Rules) -> Update:
     )
 
 
-def schema_update(schema: DataSchema, cluster: str, rules: Rules, describes: list[Ref]) -> Update:
+def schema_update(
+    schema: DataSchema, cluster: str, rules: Rules, describes: Ref | None = None
+) -> Update:
+    """A schema entity; with ``describes``, the data set's own copy (see naming.source_schema)."""
     fields = []
     classified: set[str] = set()
     for spec in schema.fields:
@@ -251,14 +254,16 @@ def schema_update(schema: DataSchema, cluster: str, rules: Rules, describes: lis
         )
     return Update(
         DATA_SCHEMA,
-        naming.data_schema(schema.fingerprint, cluster),
+        naming.source_schema(schema.fingerprint, describes.qualified_name, cluster)
+        if describes is not None
+        else naming.data_schema(schema.fingerprint, cluster),
         {
             "name": f"schema {schema.fingerprint[7:19] or schema.fingerprint}",
             "fingerprint": schema.fingerprint,
             "fields": fields,
             "schemaText": schema.schema_text,
         },
-        references={"describes": describes} if describes else {},
+        references={"describes": [describes]} if describes is not None else {},
         classifications=tuple(sorted(classified)),
     )
 
@@ -274,7 +279,7 @@ def _source_updates(ctx: _Context, sources: list[DataSource]) -> tuple[list[Upda
         updates.append(dataset)
         refs.append(dataset.ref)
         if source.schema is not None:
-            updates.append(schema_update(source.schema, ctx.cluster, ctx.rules, [dataset.ref]))
+            updates.append(schema_update(source.schema, ctx.cluster, ctx.rules, dataset.ref))
     return updates, refs
 
 
@@ -285,8 +290,8 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
     env = ctx.event.envelope
     model, version = env.model.name, env.model.version
     updates, source_refs = _source_updates(ctx, loaded.training.sources)
-    input_schema = schema_update(loaded.input_schema, ctx.cluster, ctx.rules, [])
-    output_schema = schema_update(loaded.output_schema, ctx.cluster, ctx.rules, [])
+    input_schema = schema_update(loaded.input_schema, ctx.cluster, ctx.rules)
+    output_schema = schema_update(loaded.output_schema, ctx.cluster, ctx.rules)
     updates += [input_schema, output_schema]
     version_ref = _version_ref(ctx)
     artifact = loaded.artifact
@@ -434,7 +439,7 @@ def _model_unloaded(ctx: _Context, unloaded: ModelUnloaded) -> list[Update]:
 
 def _schema_changed(ctx: _Context, changed: SchemaChanged) -> list[Update]:
     env = ctx.event.envelope
-    schema = schema_update(changed.new_schema, ctx.cluster, ctx.rules, [])
+    schema = schema_update(changed.new_schema, ctx.cluster, ctx.rules)
     version_ref = _version_ref(ctx)
     side = changed.side.value.lower()
     return [

@@ -12,7 +12,9 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from atlas_sink.entities import Update
 from capture.events import DataSchema, ModelEvent, ModelLoaded, SchemaChanged, ScoringStats
+from capture.typecheck import has_control_characters
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,17 @@ def _check_loaded(loaded: ModelLoaded, limits: Limits) -> None:
         _check_text(where, text, limits)
     if loaded.runtime.replicas < 0:
         raise InvalidEvent("inconsistent", f"runtime.replicas is {loaded.runtime.replicas}")
+    uris = [s.uri for s in loaded.training.sources] + loaded.inputs + loaded.outputs
+    for uri in uris:
+        # urlsplit drops tabs and line breaks silently: "kafka://a\nb" would name topic "ab".
+        if has_control_characters(uri):
+            raise InvalidEvent("name", f"data set URI {uri[:200]!r} has control characters")
+    for metric in loaded.metrics:
+        # Avro carries NaN and infinities; the emitter refuses them, and so do Atlas and JSON.
+        if not math.isfinite(metric.value):
+            raise InvalidEvent(
+                "not_finite", f"metrics: {metric.split}.{metric.name} is {metric.value}"
+            )
 
 
 def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
@@ -133,6 +146,8 @@ def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
         )
     if sum(stats.errors_by_kind.values()) != stats.error_count:
         raise InvalidEvent("inconsistent", "errors_by_kind does not add up to error_count")
+    if stats.errors_by_kind and min(stats.errors_by_kind.values()) < 0:
+        raise InvalidEvent("inconsistent", f"errors_by_kind has a negative count: {_brief(stats)}")
     _check_list("errors_by_kind", stats.errors_by_kind, limits.max_list_items)
     _check_list("features", stats.features, limits.max_list_items)
     latency = stats.latency
@@ -144,3 +159,27 @@ def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
         )
     # 10,000 buckets at 1% accuracy span a factor of 10^86: more means a corrupt sketch.
     _check_list("latency.sketch.counts", latency.sketch.counts, 10_000)
+
+
+def _brief(stats: ScoringStats) -> str:
+    text = repr(stats.errors_by_kind)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_names(updates: list[Update]) -> None:
+    """The names an event gives entities: printable, and a qualified name with a name before
+    the ``@``. Identity names were checked when decoded; this catches the others (URIs of
+    data sets and topics, schema fingerprints, a replaced version) however they are spelled."""
+    for update in updates:
+        qualified_name = update.qualified_name
+        name = update.values.get("name")
+        if (
+            qualified_name.startswith("@")
+            or has_control_characters(qualified_name)
+            or (isinstance(name, str) and has_control_characters(name))
+        ):
+            raise InvalidEvent(
+                "name",
+                f"{update.type_name} would be named {qualified_name[:200]!r} "
+                f"({str(name)[:200]!r}): expected a non-empty name without control characters",
+            )

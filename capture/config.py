@@ -117,6 +117,12 @@ class EmitterConfig:
     close_timeout_seconds: float = 5.0
     emitter_name: str = "servemeta-capture"
     producer_overrides: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    # The optional disk spool (capture/spool.py): events the broker cannot take (unreachable
+    # for delivery_timeout_seconds, or librdkafka's queue full) wait here instead of being
+    # dropped, and a restarted emitter with the same directory sends them first. One
+    # directory per emitter; None (the default) turns it off.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -125,8 +131,10 @@ class EmitterConfig:
             raise ConfigError("topic must not be empty")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_size", "_seconds")) and value <= 0:
+            if f.name.endswith(("_size", "_seconds", "_bytes")) and value <= 0:
                 raise ConfigError(f"{f.name} must be positive, got {value!r}")
+        if self.spool_dir is not None:
+            object.__setattr__(self, "spool_dir", Path(self.spool_dir))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EmitterConfig:
@@ -144,11 +152,13 @@ class EmitterConfig:
             "registry_url": env.get("SCHEMA_REGISTRY_URL") or None,
             "registry_auth": secret_from_env(env, "SCHEMA_REGISTRY_BASIC_AUTH"),
             "security": KafkaSecurity.from_env(env),
+            "spool_dir": Path(spool) if (spool := env.get("SERVEMETA_SPOOL_DIR")) else None,
         }
         numeric = {
             "queue_size": ("SERVEMETA_QUEUE_SIZE", int),
             "delivery_timeout_seconds": ("SERVEMETA_DELIVERY_TIMEOUT_SECONDS", float),
             "window_seconds": ("SERVEMETA_WINDOW_SECONDS", float),
+            "spool_max_bytes": ("SERVEMETA_SPOOL_MAX_BYTES", int),
         }
         for key, (var, kind) in numeric.items():
             if env.get(var):
@@ -165,7 +175,14 @@ class EmitterConfig:
             "acks": "all",
             "compression.type": "lz4",
             "linger.ms": 20,
-            "message.timeout.ms": int(self.delivery_timeout_seconds * 1000),
+            # With the spool, librdkafka never gives up on a message (0: no timeout): after
+            # delivery_timeout_seconds without progress the emitter itself moves what
+            # librdkafka holds to the spool, in order. A timeout inside librdkafka could fail
+            # an older message while a newer one is delivered, and the newer one's watermark
+            # would then hide the older one from the sink when it is re-sent.
+            "message.timeout.ms": (
+                0 if self.spool_dir is not None else int(self.delivery_timeout_seconds * 1000)
+            ),
             "queue.buffering.max.messages": max(self.queue_size * 2, 1000),
             # One line per connection problem, not one per retry.
             "log.connection.close": False,

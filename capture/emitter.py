@@ -5,15 +5,22 @@ schema registration and producing happen on one background thread. When the queu
 the broker is gone past the delivery timeout or the emitter is closed, events are dropped and
 counted by reason (``stats()``, the Prometheus collector, and a warning at most once per
 interval): never silently, and never by blocking or raising into the caller.
+
+With the optional disk spool (``EmitterConfig.spool_dir``, capture/spool.py) the events that
+the broker cannot take go to disk instead of being dropped, and are sent from there, oldest
+first, once it can: see ``_spool_pass``.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
+import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -23,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from capture import __version__
 from capture.config import EmitterConfig
@@ -44,12 +51,18 @@ from capture.events import (
     plain,
 )
 from capture.framing import confluent_header, register_schema, single_object_header
+from capture.spool import Frame, Spool
 from capture.stats import ScoringRecorder
 from capture.typecheck import EventValueError, check_fields
 
 log = logging.getLogger("servemeta.capture")
 
 DROP_LOG_INTERVAL_SECONDS = 10.0
+# librdkafka reports every reconnect attempt (several a second when the broker refuses the
+# credentials): each kind of report is logged at most once per this many seconds.
+CLIENT_LOG_INTERVAL_SECONDS = 30.0
+# Delivery errors of messages the emitter itself withdrew from librdkafka (``purge``).
+_PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
 
 
 class KafkaProducer(Protocol):
@@ -61,6 +74,15 @@ class KafkaProducer(Protocol):
     def __len__(self) -> int: ...
 
 
+class _SpoolingProducer(KafkaProducer, Protocol):
+    """What the spool needs besides: a callback per message, and taking messages back."""
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes, on_delivery: Callable[[Any, Any], None] = ...
+    ) -> None: ...
+    def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
+
+
 @dataclass(frozen=True)
 class EmitterStats:
     enqueued: int
@@ -68,6 +90,12 @@ class EmitterStats:
     dropped: dict[str, int]
     queue_depth: int
     in_flight: int
+    # With the spool on: events on disk not yet acknowledged, the bytes the spool takes, and
+    # the events an earlier instance left there (this one sends them, and counts them in
+    # ``delivered`` once acknowledged).
+    spooled: int = 0
+    spool_bytes: int = 0
+    recovered: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -82,6 +110,9 @@ class _Counters:
     handed: int = 0
     failed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    # With the spool on, every delivery is reported, so these count them directly.
+    succeeded: int = 0
+    spool_delivered: int = 0
 
 
 class Emitter:
@@ -122,7 +153,26 @@ class Emitter:
         self._recorders_lock = threading.Lock()
         self._closed = False
         self._stopping = threading.Event()
-        self._kafka: KafkaProducer = producer or _confluent_producer(config, self._on_delivery)
+        # Opened first: a spool directory in use fails the constructor before anything starts.
+        self._spool = Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir else None
+        # True while events go through the spool: from the first event the broker could not
+        # take until the spool is empty again (at start, while an earlier run's events wait).
+        self._spooling = self._spool is not None and not self._spool.empty
+        self._handed_index = itertools.count()
+        self._purged: list[tuple[int, bytes, bytes]] = []
+        self._held: list[Frame] = []  # read from the spool, not yet taken by librdkafka
+        self._spool_in_kafka = 0
+        self._spool_window = min(max(config.queue_size, 100), 10_000)
+        self._last_progress = time.monotonic()
+        try:
+            # Not ``producer or ...``: a producer with nothing in flight has len() 0: falsy.
+            self._kafka: KafkaProducer = (
+                producer if producer is not None else _confluent_producer(config, self._on_delivery)
+            )
+        except BaseException:
+            if self._spool is not None:
+                self._spool.close()
+            raise
         self._header: bytes | None = None
         self._next_registry_try = 0.0
         self._thread = threading.Thread(
@@ -174,6 +224,15 @@ class Emitter:
     ) -> ScoringRecorder:
         """A recorder whose windows this emitter closes and sends as ScoringStats."""
         _require(model, ModelIdentity, "model")
+        if window_seconds is not None and not (
+            isinstance(window_seconds, int | float)
+            and not isinstance(window_seconds, bool)
+            and 0 < window_seconds < math.inf
+        ):
+            raise EventValueError(
+                f"window_seconds: expected a positive, finite number of seconds or None, got "
+                f"{type(window_seconds).__name__} {window_seconds!r:.80}"
+            )
         recorder = ScoringRecorder(window_seconds or self.config.window_seconds, now=self._clock())
         with self._recorders_lock:
             self._recorders.append((model, recorder))
@@ -183,18 +242,29 @@ class Emitter:
         with self._drop_lock:
             dropped = dict(self._counters.dropped)
         counters = self._counters
+        spool = self._spool
+        if spool is None:
+            delivered = max(counters.handed - counters.failed - len(self._kafka), 0)
+        else:
+            delivered = counters.succeeded + counters.spool_delivered
         return EmitterStats(
             enqueued=counters.enqueued,
-            delivered=max(counters.handed - counters.failed - len(self._kafka), 0),
+            delivered=delivered,
             dropped=dropped,
             queue_depth=len(self._queue),
             in_flight=len(self._kafka),
+            spooled=spool.pending if spool else 0,
+            spool_bytes=spool.size_bytes if spool else 0,
+            recovered=spool.recovered if spool else 0,
         )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued event is handed to Kafka and acknowledged or dropped."""
+        """Wait until every queued event is handed to Kafka and acknowledged or dropped
+        (with the spool on: until the spool is empty too)."""
         deadline = time.monotonic() + (timeout or self.config.close_timeout_seconds)
         self._wake.set()
+        if self._spool is not None:
+            return self._wait_idle(deadline)
         with self._idle:
             while self._queue and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
@@ -215,7 +285,12 @@ class Emitter:
         self.flush(timeout)
         self._stopping.set()
         self._wake.set()
-        self._thread.join(max(deadline - time.monotonic(), 0.1))
+        # With the spool, what is left goes to disk below: worth a second of waiting.
+        self._thread.join(max(deadline - time.monotonic(), 1.0 if self._spool else 0.1))
+        if self._spool is not None and not self._thread.is_alive():
+            self._close_spool(deadline)
+            self._log_drops(force=True)
+            return
         left = len(self._queue)
         if left:
             self._queue.clear()
@@ -327,6 +402,9 @@ class Emitter:
 
     def _send_queued(self) -> None:
         header = self._ensure_header()
+        if self._spool is not None:
+            self._spool_pass(header)
+            return
         if header is None:
             return
         queue = self._queue
@@ -364,6 +442,210 @@ class Emitter:
             self._counters.failed += 1
             self._drop(f"delivery:{err.name()}")
 
+    # -- the disk spool ----------------------------------------------------------------------
+    #
+    # Order is what matters: the sink takes an event whose sequence is at or below the
+    # watermark of its producer and model for one already applied, so no event may reach
+    # Kafka after a newer one of this producer. Hence: librdkafka never times a message out
+    # (config.py); when the broker makes no progress for delivery_timeout_seconds, or
+    # librdkafka's queue is full, everything librdkafka holds is withdrawn (``purge``) and
+    # spooled in the order it was produced, and from then on every event goes through the
+    # spool, sent oldest first, until the spool is empty again. All of this, and every
+    # librdkafka callback while the spool is on, runs on the worker thread (or in close(),
+    # after the worker stopped): the spool is not shared between threads.
+
+    def _spool_pass(self, header: bytes | None) -> None:
+        spool = self._spool
+        assert spool is not None
+        if not self._spooling:
+            now = time.monotonic()
+            if len(self._kafka) == 0:
+                self._last_progress = now
+            elif now - self._last_progress >= self.config.delivery_timeout_seconds:
+                self._enter_spool(
+                    f"no delivery acknowledged for {self.config.delivery_timeout_seconds:g} s"
+                )
+        if not self._spooling and header is not None:
+            self._produce_direct(header)
+        if self._spooling:
+            if header is not None:
+                self._queue_to_spool(header)
+            self._drain_spool()
+            if self._spooling:
+                # Acknowledgements to wait for: serve them here, and come straight back.
+                self._kafka.poll(0.05)
+                self._wake.set()
+
+    def _produce_direct(self, header: bytes) -> None:
+        queue = self._queue
+        kafka = cast(_SpoolingProducer, self._kafka)
+        topic = self.config.topic
+        encode = self._encoder.encode
+        while queue:
+            key, envelope, payload = queue[0]
+            try:
+                value = header + encode(envelope, payload)
+            except Exception as exc:
+                queue.popleft()
+                self._drop("encoding")
+                log.error("event could not be encoded: %s", exc)
+                continue
+            # Each message carries its place in the order, should it have to be spooled.
+            report = functools.partial(self._on_direct_delivery, next(self._handed_index))
+            try:
+                kafka.produce(topic, value=value, key=key, on_delivery=report)
+                kafka.poll(0)
+            except BufferError:
+                self._enter_spool("librdkafka's queue is full")
+                return
+            except Exception as exc:
+                queue.popleft()
+                self._drop("produce_error")
+                log.error("event could not be produced: %s", exc)
+                continue
+            queue.popleft()
+            self._counters.handed += 1
+
+    def _enter_spool(self, reason: str) -> None:
+        """Withdraw everything from librdkafka into the spool, in the order it was produced."""
+        spool = self._spool
+        assert spool is not None
+        kafka = cast(_SpoolingProducer, self._kafka)
+        kafka.purge(True, True)
+        # The purge reports every message at once; serving them fills self._purged.
+        deadline = time.monotonic() + 5.0
+        kafka.poll(0)
+        while len(kafka) and time.monotonic() < deadline:
+            kafka.poll(0.01)
+        purged, self._purged = sorted(self._purged, key=lambda p: p[0]), []
+        for _, key, value in purged:
+            self._to_spool(key, value)
+        spool.sync()
+        self._spooling = True
+        log.warning(
+            "the broker is not taking events (%s): they go to the disk spool until it does",
+            reason,
+            extra={"moved_to_spool": len(purged), "spool_dir": str(spool.directory)},
+        )
+
+    def _to_spool(self, key: bytes, value: bytes) -> None:
+        assert self._spool is not None
+        result = self._spool.append(key, value)
+        if result != "ok":
+            self._drop("spool_full" if result == "full" else "spool_error")
+
+    def _queue_to_spool(self, header: bytes) -> None:
+        assert self._spool is not None
+        queue = self._queue
+        encode = self._encoder.encode
+        # What was queued when this pass began: a steady stream cannot keep the worker here.
+        for _ in range(len(queue)):
+            key, envelope, payload = queue.popleft()
+            try:
+                value = header + encode(envelope, payload)
+            except Exception as exc:
+                self._drop("encoding")
+                log.error("event could not be encoded: %s", exc)
+                continue
+            self._to_spool(key, value)
+        self._spool.sync()
+
+    def _drain_spool(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        kafka = cast(_SpoolingProducer, self._kafka)
+        topic = self.config.topic
+        while self._spool_in_kafka < self._spool_window and (self._held or spool.unsent):
+            frames = self._held or spool.read(min(self._spool_window - self._spool_in_kafka, 500))
+            self._held = []
+            for i, frame in enumerate(frames):
+                report = functools.partial(self._on_spool_delivery, frame.token)
+                try:
+                    kafka.produce(topic, value=frame.value, key=frame.key, on_delivery=report)
+                except BufferError:
+                    self._held = frames[i:]
+                    return
+                except Exception as exc:  # refused for what it is: it can never be sent
+                    self._drop("produce_error")
+                    log.error("spooled event could not be produced: %s", exc)
+                    spool.ack(frame.token)
+                    continue
+                self._spool_in_kafka += 1
+                kafka.poll(0)
+        if spool.empty and not self._held:
+            self._spooling = False
+            self._last_progress = time.monotonic()
+            log.info("the disk spool is empty: events are sent directly again")
+
+    def _on_direct_delivery(self, index: int, err: Any, msg: Any) -> None:
+        if err is None:
+            self._counters.succeeded += 1
+            self._last_progress = time.monotonic()
+        elif err.name() in _PURGED:
+            self._purged.append((index, msg.key() or b"", msg.value() or b""))
+        else:
+            self._counters.failed += 1
+            self._drop(f"delivery:{err.name()}")
+
+    def _on_spool_delivery(self, token: int, err: Any, _msg: Any) -> None:
+        assert self._spool is not None
+        self._spool_in_kafka -= 1
+        if err is None:
+            self._counters.spool_delivered += 1
+            self._last_progress = time.monotonic()
+            self._spool.ack(token)
+        elif err.name() in _PURGED:
+            return  # withdrawn at close: it stays on disk for the next instance
+        else:
+            self._drop(f"delivery:{err.name()}")
+            self._spool.ack(token)
+
+    def _wait_idle(self, deadline: float) -> bool:
+        """flush() with the spool on: the worker serves librdkafka's callbacks, so wait for
+        it to have sent everything, rather than flush librdkafka from this thread."""
+        assert self._spool is not None
+        spool = self._spool
+
+        def idle() -> bool:
+            return not self._queue and len(self._kafka) == 0 and spool.empty
+
+        with self._idle:
+            while not idle() and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, self.config.tick_seconds))
+        return idle()
+
+    def _close_spool(self, deadline: float) -> None:
+        """At close, the worker stopped: whatever is not acknowledged ends up on disk."""
+        spool = self._spool
+        assert spool is not None
+        kafka = cast(_SpoolingProducer, self._kafka)
+        header = self._header
+        if self._queue and header is None:
+            # Without the registry's schema id these cannot be encoded, so not spooled.
+            self._drop("close_timeout", len(self._queue))
+            self._queue.clear()
+        if not self._spooling and (len(kafka) or self._queue):
+            self._enter_spool("closing with events not yet acknowledged")
+        if self._queue and header is not None:
+            self._queue_to_spool(header)
+        if self._spool_in_kafka:
+            # Spooled frames on their way: a last chance to be acknowledged (and deleted);
+            # the rest are withdrawn, and stay on disk for the next start.
+            kafka.flush(max(deadline - time.monotonic(), 0.0))
+            kafka.purge(True, True)
+            kafka.poll(0)
+        spool.close()
+        if spool.pending:
+            log.warning(
+                "closing with %d events in the disk spool; an emitter started with the same "
+                "spool_dir sends them first",
+                spool.pending,
+                extra={"spool_dir": str(spool.directory)},
+            )
+
     def _model_plain(self, model: ModelIdentity) -> dict[str, Any]:
         cached = self._models.get(model)
         if cached is None:
@@ -388,18 +670,60 @@ def _close_at_exit(ref: weakref.ref[Emitter]) -> None:
         emitter.close()
 
 
+class _Throttle(logging.Filter):
+    """At most one record per kind (logger and message, digits ignored) per ``interval``; the
+    next one that passes carries ``suppressed``, the count dropped meanwhile."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = _DIGITS.sub("#", f"{record.name}|{record.getMessage()}")[:300]
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._dropped[kind] = self._dropped.get(kind, 0) + 1
+                return False
+            if len(self._last) >= 1000:  # bounded, whatever the variety of messages
+                self._last.clear()
+            self._last[kind] = now
+            dropped = self._dropped.pop(kind, 0)
+        if dropped:
+            record.suppressed = dropped
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _client_logger() -> logging.Logger:
+    logger = logging.getLogger("servemeta.capture.librdkafka")
+    if not any(isinstance(f, _Throttle) for f in logger.filters):
+        logger.addFilter(_Throttle(CLIENT_LOG_INTERVAL_SECONDS))
+    return logger
+
+
 def _confluent_producer(
     config: EmitterConfig, on_delivery: Callable[[Any, Any], None]
 ) -> KafkaProducer:
     from confluent_kafka import Producer as ConfluentProducer
 
+    client_log = _client_logger()
+
     def on_error(err: Any) -> None:
-        log.warning("Kafka client error: %s", err)
+        client_log.warning("Kafka client error: %s", err)
 
     conf = config.producer_config()
     conf["error_cb"] = on_error
     conf["on_delivery"] = on_delivery
-    conf["delivery.report.only.error"] = True
+    # Without the spool, delivery reports come for failures only (a callback per success
+    # costs a microsecond); the spool needs every one, to know what it may delete.
+    conf["delivery.report.only.error"] = config.spool_dir is None
     # librdkafka's own log lines go through Python logging, not straight to stderr.
-    conf["logger"] = logging.getLogger("servemeta.capture.librdkafka")
+    conf["logger"] = client_log
     return ConfluentProducer(conf)

@@ -48,7 +48,13 @@ class EmitterCollector:
             labels=labels,
         )
         in_flight.add_metric(topic, stats.in_flight)
-        yield from (enqueued, delivered, dropped, depth, in_flight)
+        spooled = GaugeMetricFamily(
+            "servemeta_emitter_spooled",
+            "Events in the disk spool, not yet acknowledged by Kafka (0 without a spool)",
+            labels=labels,
+        )
+        spooled.add_metric(topic, stats.spooled)
+        yield from (enqueued, delivered, dropped, depth, in_flight, spooled)
 
 
 def register(emitter: Emitter, registry: Any = None) -> EmitterCollector:

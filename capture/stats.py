@@ -20,8 +20,16 @@ from datetime import UTC, datetime
 from capture.events import FeatureSummary, LatencySummary, LogSketch, ScoringStats
 
 DEFAULT_RELATIVE_ACCURACY = 0.01
+# Error kinds per window, and characters per kind, beyond which kinds are folded or cut.
+MAX_ERROR_KINDS = 100
+MAX_ERROR_KIND_CHARS = 200
+OTHER_ERROR_KIND = "other"
 # Values at or below this many seconds count as zero: below clock resolution anyway.
 _ZERO_THRESHOLD = 1e-9
+# Longer latencies are rejected as garbage (a timestamp passed for a duration, say): one such
+# value would stretch the window's sketch past the 10,000 buckets the sink accepts, and the
+# sink would refuse the whole window.
+MAX_LATENCY_SECONDS = 1e6
 
 
 class Sketch:
@@ -164,9 +172,12 @@ class ScoringRecorder:
         if error is None:
             pending = self._pending
             if len(pending) < self._max_pending:
+                if latency_seconds is True or latency_seconds is False:
+                    self.rejected += 1  # array('d') would take a bool for 1.0 or 0.0 seconds
+                    return
                 try:
                     pending.append(latency_seconds)
-                except TypeError:
+                except Exception:  # not a number, an int beyond a double, a raising __float__
                     self.rejected += 1
             else:
                 self.overflowed += 1
@@ -188,13 +199,16 @@ class ScoringRecorder:
             return
         with self._lock:
             for name, value in items:
-                if value is not None and not _is_number(value):
+                # A name that is not a string would fail the whole window when it is sent.
+                if not isinstance(name, str) or (value is not None and not _is_number(value)):
                     self.rejected += 1
                     continue
                 agg = self._features.get(name)
                 if agg is None:
                     agg = self._features[name] = _FeatureAggregate()
                 agg.count += 1
+                if value is not None:
+                    value = _as_float(value)  # None for an int beyond a double
                 if value is None or not math.isfinite(value):
                     agg.null_count += 1
                     continue
@@ -214,20 +228,27 @@ class ScoringRecorder:
         del errors_pending[:m]
         if not n and not m:
             return
-        timed = [v for v in latencies if v >= 0.0 and math.isfinite(v)]
+        # Chained comparisons are false for NaN too.
+        timed = [v for v in latencies if 0.0 <= v <= MAX_LATENCY_SECONDS]
         rejected = n - len(timed)
         by_kind: dict[str, int] = {}
         for latency, kind in errors:
             key = _error_key(kind)
             by_kind[key] = by_kind.get(key, 0) + 1
-            if _is_latency(latency):
-                timed.append(float(latency))
+            seconds = _as_float(latency) if _is_number(latency) else None
+            if seconds is not None and 0.0 <= seconds <= MAX_LATENCY_SECONDS:
+                timed.append(seconds)
         with self._lock:
             self.rejected += rejected
             # A request whose latency was unusable still failed: it counts, untimed.
             self._count += n - rejected + m
+            errors_by_kind = self._errors
             for key, count in by_kind.items():
-                self._errors[key] = self._errors.get(key, 0) + count
+                # The sink refuses a window with more than a thousand kinds: past a bound,
+                # new kinds (say, every exception's own text) are counted as one.
+                if key not in errors_by_kind and len(errors_by_kind) >= MAX_ERROR_KINDS:
+                    key = OTHER_ERROR_KIND
+                errors_by_kind[key] = errors_by_kind.get(key, 0) + count
             if timed:
                 self._min = min(self._min, min(timed))
                 self._max = max(self._max, max(timed))
@@ -269,9 +290,7 @@ class ScoringRecorder:
 
 def _error_key(kind: object) -> str:
     if isinstance(kind, str):
-        return kind or "error"
-    if isinstance(kind, BaseException):
-        return type(kind).__name__
+        return kind[:MAX_ERROR_KIND_CHARS] or "error"
     return type(kind).__name__
 
 
@@ -279,5 +298,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_latency(value: object) -> bool:
-    return _is_number(value) and value >= 0.0 and math.isfinite(value)  # type: ignore[operator,arg-type]
+def _as_float(value: float) -> float | None:
+    """The number as a float; None when it has none (an int beyond a double's range)."""
+    try:
+        return float(value)
+    except Exception:  # OverflowError, or a subclass whose __float__ raises
+        return None

@@ -195,7 +195,12 @@ def check_fields(obj: Any) -> None:
 
 
 MAX_NAME_LENGTH = 256
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+# C0, DEL and C1 (U+0080..U+009F, among them NEL, a line break to many readers).
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control_characters(text: str) -> bool:
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def check_names(obj: Any, *names: str) -> None:

@@ -3,7 +3,8 @@
 The broker jars come from Maven (see maven/kafka/pom.xml) and are cached in
 ``<cache>/kafka-<version>/libs``. Every start formats a fresh, empty data dir: this broker is for
 development and tests, and a fresh log also avoids a stale controller endpoint recorded by an
-earlier run on different ports.
+earlier run on different ports. ``keep_data=True`` (with fixed ports) instead restarts on the
+data dir of the previous run, as a real broker restart does: tests/test_faults.py uses it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import shutil
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,15 @@ PropertyValue = str | int | bool
 
 
 def cluster_id() -> str:
-    """A KRaft cluster id: the 22-character unpadded base64url form of a random UUID."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: the 22-character unpadded base64url form of a random UUID.
+
+    Never one starting with '-' (1 in 64 would): `StorageTool format -t -abc...` takes it for
+    an option and fails, which is why Kafka's own Uuid.randomUuid() draws again too.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _escape(value: str) -> str:
@@ -86,6 +94,8 @@ class KafkaService(ManagedService):
         overlay: Mapping[str, PropertyValue] | None = None,
         port: int | None = None,
         controller_port: int | None = None,
+        format_args: Sequence[str] = (),
+        keep_data: bool = False,
         heap: str = "512m",
         cache_dir: Path | str | None = None,
         start_timeout: float = 90.0,
@@ -97,11 +107,18 @@ class KafkaService(ManagedService):
             PLAINTEXT listener on `port`, so keep one there.
         port, controller_port: fixed ports instead of free ones picked at each start; fixing them
             lets an overlay refer to them.
+        format_args: extra arguments of `StorageTool format`, e.g. ``("--add-scram",
+            "SCRAM-SHA-512=[name=alice,password=...]")`` for SCRAM credentials in KRaft.
+        keep_data: start on the data dir a previous start formatted (topics, messages and
+            committed offsets kept), formatting only when there is none. Give the same `port`
+            and `controller_port` as that start: the quorum recorded its controller address.
         """
         super().__init__(state_dir, cache_dir, start_timeout, stop_timeout)
         self.overlay = dict(overlay or {})
         self.port = port
         self.controller_port = controller_port
+        self.format_args = tuple(format_args)
+        self.keep_data = keep_data
         self.heap = heap
 
     # -- cache --
@@ -223,8 +240,10 @@ class KafkaService(ManagedService):
         java = find_java(MIN_JAVA, purpose=self.title)
         port = self.port or free_port()
         controller_port = self.controller_port or free_port(exclude={port})
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir(parents=True)
+        reuse = self.keep_data and (self.data_dir / "meta.properties").is_file()
+        if not reuse:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir.mkdir(parents=True)
         self.properties_file.write_text(
             "# Written by local_services.kafka at each start; edits are overwritten.\n"
             + render_properties(self.server_properties(port, controller_port))
@@ -240,6 +259,8 @@ class KafkaService(ManagedService):
             "-cp",
             f"{self.libs_dir}/*",
         ]
+        if reuse:
+            return self._launch(java.executable, common, port, controller_port)
         fmt = subprocess.run(
             [
                 java.executable,
@@ -252,6 +273,7 @@ class KafkaService(ManagedService):
                 cluster_id(),
                 "-c",
                 str(self.properties_file),
+                *self.format_args,
             ],
             capture_output=True,
             text=True,
@@ -266,8 +288,11 @@ class KafkaService(ManagedService):
                 f"{output}\nCheck {self.properties_file} (and any overlay) "
                 "and start again."
             )
+        return self._launch(java.executable, common, port, controller_port)
+
+    def _launch(self, java: str, common: list[str], port: int, controller_port: int) -> Launch:
         argv = [
-            java.executable,
+            java,
             "-Xms128m",
             f"-Xmx{self.heap}",
             # The flags Kafka's own kafka-run-class.sh uses for a broker.
@@ -322,9 +347,21 @@ def start(
     state_dir: Path | str | None = None,
     *,
     overlay: Mapping[str, PropertyValue] | None = None,
+    port: int | None = None,
+    controller_port: int | None = None,
+    format_args: Sequence[str] = (),
+    keep_data: bool = False,
     start_timeout: float = 90.0,
 ) -> StartResult:
-    return KafkaService(state_dir, overlay=overlay, start_timeout=start_timeout).start()
+    return KafkaService(
+        state_dir,
+        overlay=overlay,
+        port=port,
+        controller_port=controller_port,
+        format_args=format_args,
+        keep_data=keep_data,
+        start_timeout=start_timeout,
+    ).start()
 
 
 def stop(state_dir: Path | str | None = None) -> bool:

@@ -56,6 +56,10 @@ REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
 SCORES = Ref(KAFKA_TOPIC, "wine-scores@local")
 INPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(INPUT.fingerprint, "local"))
 OUTPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(OUTPUT.fingerprint, "local"))
+# The training source's own copy of its schema (same fields as the model's input schema).
+SOURCE_SCHEMA = Ref(
+    DATA_SCHEMA, naming.source_schema(INPUT.fingerprint, SOURCE.qualified_name, "local")
+)
 
 PII_RULES = Rules((ClassificationRule("PII", dataset_pattern=re.compile(r"/wine\.csv$")),))
 FRAME = single_object_framer()
@@ -147,7 +151,7 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     catalog: LocalCatalog, sample_messages: list[RawMessage]
 ) -> None:
     outcome = pipeline(catalog).process(sample_messages)
-    assert (outcome.decoded, outcome.dead, outcome.entities_written) == (5, [], 10)
+    assert (outcome.decoded, outcome.dead, outcome.entities_written) == (5, [], 11)
     assert outcome.write_requests == 1
     version = get(catalog, VERSION)
     assert version.attributes["framework"] == "sklearn"
@@ -172,7 +176,16 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     assert [e.ref for e in catalog.find(KAFKA_TOPIC)] == [REQUESTS, SCORES]
     data_sets = [e.ref for e in catalog.find("DataSet")]
     assert data_sets == sorted(
-        [SOURCE, REQUESTS, SCORES, INPUT_SCHEMA, OUTPUT_SCHEMA, VERSION, Ref(MODEL, "wine@local")]
+        [
+            SOURCE,
+            REQUESTS,
+            SCORES,
+            SOURCE_SCHEMA,
+            INPUT_SCHEMA,
+            OUTPUT_SCHEMA,
+            VERSION,
+            Ref(MODEL, "wine@local"),
+        ]
     )
     assert [e.ref for e in catalog.find("DataSet", include_subtypes=False)] == []
     assert [e.ref for e in catalog.find("Process")] == [DEPLOY, TRAIN]
@@ -311,7 +324,7 @@ def test_batch_sizes_and_restarts_do_not_change_the_catalog(tmp_path: Path) -> N
     events = _stream()
     whole = _dump_after(tmp_path / "whole.db", events, [len(events)], restart=False)
     # Version 2 and its training join the ten entities of version 1.
-    assert len(whole) == 12
+    assert len(whole) == 13
     for name, sizes, restart in (
         ("ones", [1] * len(events), False),
         ("sevens", [7] * 7, False),
@@ -366,7 +379,7 @@ def test_a_rejected_entity_dead_letters_its_event_and_the_rest_is_written(
         assert [(d.message.offset, d.reason) for d in outcome.dead] == [(3, "target_rejected")]
         assert "UNKNOWN_TYPE" in outcome.dead[0].detail
         assert SCHEMA_CHANGE in outcome.dead[0].detail
-        assert outcome.entities_written == 9
+        assert outcome.entities_written == 10
         assert catalog.find(SCHEMA_CHANGE) == []
         assert get(catalog, VERSION) is not None
         assert get(catalog, OUTPUT_SCHEMA) is not None
@@ -466,7 +479,7 @@ def test_referrers_list_who_points_at_an_entity(
         (r.attribute, r.entity.ref)
         for r in catalog.referrers(SOURCE.type_name, SOURCE.qualified_name)
     ] == [
-        ("describes", INPUT_SCHEMA),
+        ("describes", SOURCE_SCHEMA),
         ("inputs", TRAIN),
     ]
     only = catalog.referrers(VERSION.type_name, VERSION.qualified_name, attribute="modelVersion")
@@ -602,7 +615,7 @@ def test_one_wal_file_one_transaction_per_write_and_indexed_lookups(
         )
         assert "edges_by_target" in plan
         # A second reader sees committed data while the catalog stays open.
-        assert other.execute("SELECT count(*) FROM entities").fetchone() == (10,)
+        assert other.execute("SELECT count(*) FROM entities").fetchone() == (11,)
 
 
 def test_a_locked_file_makes_the_target_unavailable_not_the_batch_dead(tmp_path: Path) -> None:
@@ -626,7 +639,7 @@ def test_reopening_keeps_everything(tmp_path: Path, sample_messages: list[RawMes
         before = catalog.find()
     with LocalCatalog(tmp_path / "c.db") as reopened:
         assert reopened.find() == before
-        assert len(before) == 10
+        assert len(before) == 11
 
 
 def test_a_file_from_a_newer_sink_is_refused_not_misread(tmp_path: Path) -> None:

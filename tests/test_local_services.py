@@ -32,6 +32,13 @@ def test_cluster_id_is_22_chars_of_base64url_uuid() -> None:
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xF8 encodes to '-': `StorageTool format -t -...` would take the id for an option.
+    drawn = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=bytes(16))])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(drawn))
+    assert cluster_id() == "A" * 22
+
+
 def test_properties_escape_backslashes_and_lowercase_booleans() -> None:
     text = render_properties({"a": True, "b": 3, "c": "x\\y"})
     assert text == "a=true\nb=3\nc=x\\\\y\n"

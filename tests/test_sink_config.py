@@ -259,6 +259,17 @@ def test_settings_reference_lists_every_variable() -> None:
         assert var in table
 
 
+def test_session_timeout_reaches_the_consumer_and_is_bounded() -> None:
+    from atlas_sink.consumer import consumer_config
+
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
+    assert consumer_config(config, "g")["session.timeout.ms"] == 45_000  # librdkafka's own
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "SINK_SESSION_TIMEOUT_SECONDS": "6"}
+    assert consumer_config(load_config(env), "g")["session.timeout.ms"] == 6_000
+    with pytest.raises(ConfigError, match="SINK_SESSION_TIMEOUT_SECONDS"):
+        load_config({**env, "SINK_SESSION_TIMEOUT_SECONDS": "2"})
+
+
 def test_require_kafka_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="set KAFKA_BOOTSTRAP_SERVERS"):
         load_config({}).require_kafka()

@@ -72,6 +72,9 @@ REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
 SCORES = Ref(KAFKA_TOPIC, "wine-scores@local")
 INPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(INPUT.fingerprint, "local"))
 OUTPUT_SCHEMA = Ref(DATA_SCHEMA, naming.data_schema(OUTPUT.fingerprint, "local"))
+SOURCE_SCHEMA = Ref(
+    DATA_SCHEMA, naming.source_schema(INPUT.fingerprint, SOURCE.qualified_name, "local")
+)
 
 NO_RULES = Rules()
 
@@ -145,6 +148,7 @@ def test_model_loaded_builds_training_and_serving_lineage() -> None:
     updates = translate(event(model_loaded()), NO_RULES)
     assert set(by_ref(updates)) == {
         SOURCE,
+        SOURCE_SCHEMA,
         INPUT_SCHEMA,
         OUTPUT_SCHEMA,
         VERSION,
@@ -190,9 +194,11 @@ def test_model_loaded_builds_training_and_serving_lineage() -> None:
         "latestVersion": "1",
         "owner": "data-science",
     }
-    # The source's schema is the model's input schema: it describes the source only once.
-    schema_updates = by_ref(updates)[INPUT_SCHEMA]
-    assert [u.references for u in schema_updates] == [{"describes": [SOURCE]}, {}]
+    # The source has its own copy of the schema, even when the model's input schema is the same:
+    # one schema shared by two data sets would have two contending `describes` links.
+    assert one(updates, SOURCE_SCHEMA).references == {"describes": [SOURCE]}
+    assert one(updates, SOURCE_SCHEMA).values["fingerprint"] == INPUT.fingerprint
+    assert one(updates, INPUT_SCHEMA).references == {}
     assert one(updates, SOURCE).values == {
         "name": "wine.csv",
         "path": "/data/wine.csv",
@@ -409,10 +415,12 @@ def test_classification_rules_match_data_set_uris_and_field_names() -> None:
         ref: sorted({c for u in group for c in u.classifications})
         for ref, group in by_ref(updates).items()
     }
-    doc_ref = Ref(DATA_SCHEMA, naming.data_schema(doc_schema.fingerprint, "local"))
+    crm = "s3://crm/customers.parquet@local"
+    doc_ref = Ref(DATA_SCHEMA, naming.source_schema(doc_schema.fingerprint, crm, "local"))
     assert classified == {
         SOURCE: ["PII"],
-        Ref(S3_OBJECT, "s3://crm/customers.parquet@local"): [],
+        Ref(S3_OBJECT, crm): [],
+        SOURCE_SCHEMA: ["Sensitive"],
         INPUT_SCHEMA: ["Sensitive"],
         doc_ref: ["PII"],
         OUTPUT_SCHEMA: [],
