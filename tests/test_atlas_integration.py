@@ -285,6 +285,11 @@ class Demo:
         return naming.data_schema(fingerprint, self.cluster)
 
     @property
+    def source_schema(self) -> str:
+        """The training source's own copy of its schema (the model's input schema's fields)."""
+        return naming.source_schema(INPUT.fingerprint, self.source, self.cluster)
+
+    @property
     def schema_change(self) -> str:
         at = micros(T0 + timedelta(seconds=SCHEMA_CHANGE_AT))
         return naming.schema_change("wine", "1", "output", at, self.cluster)
@@ -300,6 +305,7 @@ class Demo:
             (KAFKA_TOPIC, self.topic("wine-requests")),
             (KAFKA_TOPIC, self.topic("wine-scores")),
             (DATA_SCHEMA, self.schema(INPUT.fingerprint)),
+            (DATA_SCHEMA, self.source_schema),
             (DATA_SCHEMA, self.schema(OUTPUT.fingerprint)),
             (DATA_SCHEMA, self.schema(OUTPUT_V2.fingerprint)),
             (SCHEMA_CHANGE, self.schema_change),
