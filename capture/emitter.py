@@ -410,16 +410,11 @@ class Emitter:
         queue = self._queue
         topic = self.config.topic
         produce = self._kafka.produce
-        encode = self._encoder.encode
         while queue:
-            key, envelope, payload = queue[0]
-            try:
-                value = header + encode(envelope, payload)
-            except Exception as exc:
-                queue.popleft()
-                self._drop("encoding")
-                log.error("event could not be encoded: %s", exc)
+            encoded = self._encode_first(header)
+            if encoded is None:
                 continue
+            key, value = encoded
             try:
                 produce(topic, value=value, key=key)
                 # Serves delivery reports, and releases the GIL once per event, so a serving
@@ -476,20 +471,27 @@ class Emitter:
                 self._kafka.poll(0.05)
                 self._wake.set()
 
+    def _encode_first(self, header: bytes) -> tuple[bytes, bytes] | None:
+        """The queue's first event as (key, framed value); one that cannot be encoded is
+        taken off the queue, counted and logged, and None comes back."""
+        key, envelope, payload = self._queue[0]
+        try:
+            return key, header + self._encoder.encode(envelope, payload)
+        except Exception as exc:
+            self._queue.popleft()
+            self._drop("encoding")
+            log.error("event could not be encoded: %s", exc)
+            return None
+
     def _produce_direct(self, header: bytes) -> None:
         queue = self._queue
         kafka = cast(_SpoolingProducer, self._kafka)
         topic = self.config.topic
-        encode = self._encoder.encode
         while queue:
-            key, envelope, payload = queue[0]
-            try:
-                value = header + encode(envelope, payload)
-            except Exception as exc:
-                queue.popleft()
-                self._drop("encoding")
-                log.error("event could not be encoded: %s", exc)
+            encoded = self._encode_first(header)
+            if encoded is None:
                 continue
+            key, value = encoded
             # Each message carries its place in the order, should it have to be spooled.
             report = functools.partial(self._on_direct_delivery, next(self._handed_index))
             try:
@@ -537,17 +539,13 @@ class Emitter:
     def _queue_to_spool(self, header: bytes) -> None:
         assert self._spool is not None
         queue = self._queue
-        encode = self._encoder.encode
         # What was queued when this pass began: a steady stream cannot keep the worker here.
         for _ in range(len(queue)):
-            key, envelope, payload = queue.popleft()
-            try:
-                value = header + encode(envelope, payload)
-            except Exception as exc:
-                self._drop("encoding")
-                log.error("event could not be encoded: %s", exc)
+            encoded = self._encode_first(header)
+            if encoded is None:
                 continue
-            self._to_spool(key, value)
+            queue.popleft()
+            self._to_spool(*encoded)
         self._spool.sync()
 
     def _drain_spool(self) -> None:

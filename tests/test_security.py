@@ -556,14 +556,10 @@ def test_credentials_are_never_command_line_arguments() -> None:
 
 
 @pytest.mark.atlas
-@pytest.mark.skipif(
-    not os.environ.get("ATLAS_URL"),
-    reason="set ATLAS_URL to a real Apache Atlas to test its 401 (no fake stands in)",
-)
 def test_atlas_refusing_the_credentials_stops_the_sink_instead_of_filling_the_dlq(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, atlas_url: str, tmp_path: Path
 ) -> None:
-    atlas_url = os.environ["ATLAS_URL"]
+    """Against the real Atlas: ATLAS_URL's, else the one the project starts for the session."""
     topic = services.unique_topic("atlas-auth")
     services.create_topic(kafka_bootstrap, topic)
     services.create_topic(kafka_bootstrap, f"{topic}.dlq")
