@@ -515,6 +515,12 @@ def _iso_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model name")
+    parser.add_argument("--version", help="model version (default: the model's latest)")
+    parser.add_argument("--cluster", help="cluster (default: the only one serving MODEL)")
+
+
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
@@ -586,9 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print where a model version came from (training data, training run) and "
         "what uses it (deployments, their input and output topics).",
     )
-    lineage.add_argument("model", metavar="MODEL", help="model name")
-    lineage.add_argument("--version", help="model version (default: the model's latest)")
-    lineage.add_argument("--cluster", help="cluster (default: the only one serving MODEL)")
+    _add_model_arguments(lineage)
     lineage.add_argument("--depth", type=int, default=3, help="process hops each way (0: all)")
     lineage.add_argument("--json", action="store_true", help="Atlas's lineage JSON shape")
     _add_target_options(lineage)
@@ -603,9 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         "taxonomy and classifications, schemas of the sources, and the processes that use "
         "it with the data flowing through them.",
     )
-    report.add_argument("model", metavar="MODEL", help="model name")
-    report.add_argument("--version", help="model version (default: the model's latest)")
-    report.add_argument("--cluster", help="cluster (default: the only one serving MODEL)")
+    _add_model_arguments(report)
     report.add_argument("--json", action="store_true", help="JSON for programs")
     report.add_argument(
         "--picture", metavar="FILE.html", help="also write the lineage as a self-contained page"

@@ -569,21 +569,9 @@ class Pipeline:
 
     def stop_server(self) -> None:
         o = self.options
-        with self.progress.step("server drain and stop"):
-            wait_for(
-                f"the server to score every request on {o.input_topic}",
-                lambda: group_lag(self.bootstrap, o.server_group, o.input_topic) == 0,
-                time.monotonic() + o.drain_timeout,
-                component=self.server,
-                interval=0.5,
-            )
-            code = self.server.stop(timeout=30.0)
-        if code != 0:
-            raise StepFailed(
-                f"the server did not stop cleanly on SIGTERM (exit code {code}; None: killed "
-                "after 30 s)",
-                self.server.log,
-            )
+        self._drain_and_stop(
+            "server", self.server, o.server_group, o.input_topic, "score every request"
+        )
         self.result.server_summary = _last_line(self.server.log, "stopped: ").removeprefix(
             "stopped: "
         )
@@ -596,6 +584,26 @@ class Pipeline:
             )
         self.progress.line(f"server: stopped cleanly after it {self.result.server_summary}")
 
+    def _drain_and_stop(
+        self, name: str, component: Component, group: str, topic: str, work: str
+    ) -> None:
+        """Wait until ``group`` has consumed all of ``topic``, then SIGTERM the component."""
+        with self.progress.step(f"{name} drain and stop"):
+            wait_for(
+                f"the {name} to {work} on {topic}",
+                lambda: group_lag(self.bootstrap, group, topic) == 0,
+                time.monotonic() + self.options.drain_timeout,
+                component=component,
+                interval=0.5,
+            )
+            code = component.stop(timeout=30.0)
+        if code != 0:
+            raise StepFailed(
+                f"the {name} did not stop cleanly on SIGTERM (exit code {code}; None: killed "
+                "after 30 s)",
+                component.log,
+            )
+
     def _report_swap(self) -> None:
         """Say once that version 2 took over, when the server's log first shows it."""
         if self.result.swap_line:
@@ -606,21 +614,7 @@ class Pipeline:
 
     def stop_sink(self) -> None:
         o = self.options
-        with self.progress.step("sink drain and stop"):
-            wait_for(
-                f"the sink to commit every event on {o.events_topic}",
-                lambda: group_lag(self.bootstrap, o.sink_group, o.events_topic) == 0,
-                time.monotonic() + o.drain_timeout,
-                component=self.sink,
-                interval=0.5,
-            )
-            code = self.sink.stop(timeout=30.0)
-        if code != 0:
-            raise StepFailed(
-                f"the sink did not stop cleanly on SIGTERM (exit code {code}; None: killed "
-                "after 30 s)",
-                self.sink.log,
-            )
+        self._drain_and_stop("sink", self.sink, o.sink_group, o.events_topic, "commit every event")
         self.result.events = message_count(self.bootstrap, o.events_topic)
         self.result.dead_letters = message_count(self.bootstrap, o.dlq_topic)
         line = (
