@@ -44,62 +44,6 @@ JsonDict = dict[str, Any]
 QUALIFIED_NAME = "qualifiedName"
 
 
-def _t(name: str, type_name: str) -> JsonDict:
-    return {"name": name, "typeName": type_name, "isOptional": True, "cardinality": "SINGLE"}
-
-
-def _s(name: str) -> JsonDict:
-    return _t(name, "string")
-
-
-# The part of Atlas's base model (atlas-models/0000-Area0/0010-base_model.json) and of the
-# built-in data set types the translation writes (1000-Hadoop, 3000-Cloud, patches applied)
-# that the conversion needs: super types, attributes that need converting, relationship ends.
-# Atlas's model folder is not shipped with the sink; tests/test_atlas_json.py checks this
-# against it when it is present.
-BASE_TYPEDEFS: Mapping[str, Any] = {
-    "entityDefs": [
-        {"name": "Referenceable", "superTypes": [], "attributeDefs": [_s("qualifiedName")]},
-        {
-            "name": "Asset",
-            "superTypes": ["Referenceable"],
-            "attributeDefs": [
-                _s(n) for n in ("name", "displayName", "description", "userDescription", "owner")
-            ],
-        },
-        {"name": "DataSet", "superTypes": ["Asset"], "attributeDefs": []},
-        {"name": "Process", "superTypes": ["Asset"], "attributeDefs": []},
-        {"name": "Path", "superTypes": ["DataSet"], "attributeDefs": []},
-        {"name": "kafka_topic", "superTypes": ["DataSet"], "attributeDefs": []},
-        {
-            "name": "fs_path",
-            "superTypes": ["DataSet", "Path"],
-            "attributeDefs": [_t("createTime", "date"), _t("modifiedTime", "date")],
-        },
-        {"name": "hdfs_path", "superTypes": ["fs_path"], "attributeDefs": []},
-        {"name": "aws_s3_v2_base", "superTypes": ["DataSet"], "attributeDefs": []},
-        {"name": "aws_s3_v2_contained", "superTypes": [], "attributeDefs": []},
-        {
-            "name": "aws_s3_v2_object",
-            "superTypes": ["aws_s3_v2_base", "aws_s3_v2_contained"],
-            "attributeDefs": [_t("lastModifiedTime", "date")],
-        },
-    ],
-    "relationshipDefs": [
-        {
-            "name": "dataset_process_inputs",
-            "endDef1": {"type": "Process", "name": "inputs", "cardinality": "SET"},
-            "endDef2": {"type": "DataSet", "name": "inputToProcesses", "cardinality": "SET"},
-        },
-        {
-            "name": "process_dataset_outputs",
-            "endDef1": {"type": "Process", "name": "outputs", "cardinality": "SET"},
-            "endDef2": {"type": "DataSet", "name": "outputFromProcesses", "cardinality": "SET"},
-        },
-    ],
-}
-
-
 @dataclass(frozen=True)
 class TypeModel:
     """What the conversion needs to know of the types: super types, attribute types and which
@@ -167,8 +111,11 @@ class TypeModel:
         return None
 
 
-def type_model(project_typedefs: Mapping[str, Any]) -> TypeModel:
-    return TypeModel.from_typedefs(BASE_TYPEDEFS, project_typedefs)
+def type_model(
+    builtin_typedefs: Mapping[str, Any], project_typedefs: Mapping[str, Any]
+) -> TypeModel:
+    """Atlas's own types (``builtin_types.builtin_typedefs()``) with the project's on top."""
+    return TypeModel.from_typedefs(builtin_typedefs, project_typedefs)
 
 
 # -- values ------------------------------------------------------------------------------------

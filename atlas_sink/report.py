@@ -220,6 +220,7 @@ def build_report(
                 ],
                 "outputs": [r.qualified_name for r in _refs(process.references.get("outputs"))],
                 "classifications": list(process.all_classifications),
+                "propagationPending": process.propagation_pending,
                 "live": {
                     "windowStart": _millis(pa.get("windowStart")),
                     "windowEnd": _millis(pa.get("windowEnd")),
@@ -320,6 +321,7 @@ def build_report(
                 for name, origins in sorted(current.propagated_classifications.items())
             },
             "properties": attrs.get("properties") or {},
+            "propagationPending": current.propagation_pending,
         },
         "processes": deployments,
         "lineage": {
@@ -422,6 +424,14 @@ def render_text(report: Report) -> str:
     out.append(_line("classifications", ", ".join(tax["classifications"])))
     for name, origins in tax["propagatedClassifications"].items():
         out.append(_line(f"{name} (propagated)", "from " + ", ".join(origins)))
+    if tax["propagationPending"] or any(p["propagationPending"] for p in d["processes"]):
+        out.append(
+            _line(
+                "propagation",
+                "still running in Atlas (pending tasks): classifications propagated along the "
+                "lineage may not all show yet; read the report again shortly",
+            )
+        )
     out.append("8. Schemas of the sources")
     for s in d["training"]["sources"]:
         for schema in s.get("schemas") or [None]:

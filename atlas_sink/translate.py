@@ -13,7 +13,7 @@ plus running totals. Data sets are mapped to Atlas's own types where Atlas has t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -44,6 +44,22 @@ KAFKA_TOPIC = "kafka_topic"
 FS_PATH = "fs_path"
 HDFS_PATH = "hdfs_path"
 S3_OBJECT = "aws_s3_v2_object"
+
+# Atlas's own types the translation writes or extends, each with the attributes it sets on it
+# (inherited ones included), and the relationships it names. Before the sink writes to an Atlas
+# it checks that Atlas has all of them (typedefs.missing_builtins): an Atlas without them would
+# refuse every entity, or silently drop the attributes it does not know.
+# tests/test_translate.py keeps this in step with what translate emits.
+ATLAS_TYPES_WRITTEN: Mapping[str, frozenset[str]] = {
+    "Asset": frozenset({"qualifiedName", "name"}),
+    "DataSet": frozenset({"qualifiedName", "name", "description", "owner"}),
+    "Process": frozenset({"qualifiedName", "name", "inputs", "outputs"}),
+    KAFKA_TOPIC: frozenset({"qualifiedName", "name", "description", "topic", "uri"}),
+    FS_PATH: frozenset({"qualifiedName", "name", "description", "path"}),
+    HDFS_PATH: frozenset({"qualifiedName", "name", "description", "path", "clusterName"}),
+    S3_OBJECT: frozenset({"qualifiedName", "name", "description", "bucketName"}),
+}
+ATLAS_RELATIONSHIPS_WRITTEN = ("dataset_process_inputs", "process_dataset_outputs")
 
 # Totals accumulated on deployments; the coalescer adds them once per event.
 DEPLOYMENT_TOTALS = ("totalRequests", "totalErrors")

@@ -52,6 +52,11 @@ class TypedefConflict(Exception):
     API: a person has to decide (a typedef patch, a new type name, or a changed file)."""
 
 
+class MissingBuiltinTypes(TypedefConflict):
+    """Atlas lacks types of its own model that the sink writes (an Atlas whose models folder
+    was never loaded, or an older one): a person has to load them."""
+
+
 def typedefs_path() -> Path:
     """The packaged copy when installed, else the one in the source tree."""
     packaged = resources.files("atlas_sink").joinpath(PACKAGED_DIR, TYPEDEFS_FILE)
@@ -163,6 +168,39 @@ def plan_typedefs(wanted: Mapping[str, Any], existing: Mapping[str, Any]) -> Typ
             else:
                 update[category].append(merged)
     return TypedefPlan(create, update, tuple(unchanged), tuple(problems))
+
+
+def missing_builtins(
+    types: Mapping[str, Iterable[str]],
+    relationships: Iterable[str],
+    existing: Mapping[str, Any],
+) -> list[str]:
+    """What an Atlas lacks of its own types that the sink writes. Pure.
+
+    ``types``: type name -> attributes the sink sets on it, inherited ones included;
+    ``existing``: what Atlas returned for those names and all their super types (an
+    AtlasTypesDef). Each problem names a type, a type's attribute, or a relationship."""
+    defs = {d["name"]: d for d in existing.get("entityDefs") or []}
+    problems: list[str] = []
+    for type_name in sorted(types):
+        if type_name not in defs:
+            problems.append(f"entity type {type_name}")
+            continue
+        have: set[str] = set()
+        pending, seen = [type_name], set()
+        while pending:
+            current = pending.pop()
+            if current in seen or current not in defs:
+                continue
+            seen.add(current)
+            have.update(a["name"] for a in defs[current].get("attributeDefs") or [])
+            pending.extend(defs[current].get("superTypes") or [])
+        problems += [f"attribute {type_name}.{a}" for a in sorted(set(types[type_name]) - have)]
+    have_relationships = {d["name"] for d in existing.get("relationshipDefs") or []}
+    problems += [
+        f"relationship type {name}" for name in sorted(set(relationships) - have_relationships)
+    ]
+    return problems
 
 
 def _merge_definition(

@@ -18,10 +18,15 @@ integration tests:
 Version: the newest Atlas server on Maven Central is 2.1.0. Atlas 2.2.0 and later publish only
 their client-side jars (atlas-intg, atlas-client-v2, atlas-notification, ...) there, never the
 webapp, repository or graph modules, and Atlas releases no binary tarball at all; so 2.4.0 cannot
-be fetched here. 2.1.0 serves the same v2 REST API and hook message format. It is started with the
-type models of 2.4.0 (``SERVEMETA_ATLAS_MODELS``, default ``<repo>/../shared/atlas-models``); the
-few 2.4.0 model patches whose actions 2.1.0 does not know (ADD_SUPER_TYPES, UPDATE_ENUMDEF) are
-skipped with an error line in the log, e.g. ``fs_path`` does not get the ``Path`` supertype.
+be fetched here. 2.1.0 serves the same v2 REST API and hook message format.
+
+Types: the war carries none of Atlas's type models, so the server starts with the project's
+own definitions of the Atlas types it needs (``deploy/atlas/builtin/*.yaml``, read by
+``atlas_sink.builtin_types``): the base and internal types, the glossary, and the built-in data
+set types the sink writes. They are rendered once into Atlas model files in the cache (a folder
+named by their digest, reused by later starts) and linked into ``atlas.home/models``. The
+project's ``servemeta_*`` types are not among them: the sink registers those itself
+(``atlas-sink init-types``), as it does on any Atlas.
 
 Java: Atlas 2.x does not start on Java 17+ (a static block of AtlasJanusGraphDatabase reflects on
 ``Field.modifiers``). ``$SERVEMETA_ATLAS_JAVA_HOME`` may name a Java 8 or 11; otherwise the Java 11
@@ -44,7 +49,7 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,7 +74,6 @@ from local_services.process import (
     file_lock,
     free_port,
     progress,
-    repo_root,
 )
 
 ATLAS_VERSION = "2.1.0"
@@ -84,6 +88,7 @@ ENTITIES_TOPIC = "ATLAS_ENTITIES"
 CONSUMER_GROUP = "atlas"
 
 STATUS_PATH = "/api/atlas/admin/status"
+MARKER_NAME = "rendered.txt"
 # Spring logs this when Atlas's application context cannot start; Jetty then keeps serving 503
 # forever, so waiting for readiness would only run into the deadline.
 _FATAL_MARKERS = (b"Context initialization failed", b"Failed startup of context")
@@ -97,13 +102,6 @@ def password_hash(user: str, password: str) -> str:
 def credentials_line(user: str, password: str, role: str = "ADMIN") -> str:
     """One users-credentials.properties entry: ``user=ROLE::sha256(password{user})``."""
     return f"{user}={role}::{password_hash(user, password)}"
-
-
-def default_models_dir() -> Path:
-    env = os.environ.get("SERVEMETA_ATLAS_MODELS")
-    if env:
-        return Path(env).expanduser()
-    return ((repo_root() or Path.cwd()).parent / "shared" / "atlas-models").resolve()
 
 
 class _LogWatch:
@@ -145,7 +143,7 @@ class AtlasService(ManagedService):
         kafka_bootstrap: str | None = None,
         hook_topic: str | None = None,
         consumer_group: str = CONSUMER_GROUP,
-        models_dir: Path | str | None = None,
+        model_files: Sequence[str] | None = None,
         overlay: Mapping[str, PropertyValue] | None = None,
         port: int | None = None,
         heap: str = "1g",
@@ -160,15 +158,16 @@ class AtlasService(ManagedService):
             created with one partition when missing, so messages are applied in order.
         consumer_group: Atlas's hook consumer group. Atlas reads a new group's topic from the
             beginning; an existing group resumes at its committed offsets.
-        models_dir: Atlas type models, one folder per area (default: $SERVEMETA_ATLAS_MODELS,
-            else <repo>/../shared/atlas-models).
+        model_files: which of the project's built-in type files to load, by name (e.g.
+            ``("10-atlas-core",)``; default: all). A subset stands for an Atlas that lacks
+            some of Atlas's own models.
         overlay: extra atlas-application.properties entries applied last.
         """
         super().__init__(state_dir, cache_dir, start_timeout, stop_timeout)
         self.kafka_bootstrap = kafka_bootstrap
         self.hook_topic = hook_topic or os.environ.get("ATLAS_HOOK_TOPIC") or HOOK_TOPIC
         self.consumer_group = consumer_group
-        self.models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
+        self.model_files = tuple(model_files) if model_files is not None else None
         self.overlay = dict(overlay or {})
         self.port = port
         self.heap = heap
@@ -438,20 +437,47 @@ class AtlasService(ManagedService):
                         f"could not create topic {topic} on {bootstrap}: {exc}"
                     ) from exc
 
+    def _rendered_models(self) -> Path:
+        """The built-in types as Atlas model files in the cache, rendered once per content."""
+        from atlas_sink.builtin_types import load_model_files
+
+        files = load_model_files()
+        if self.model_files is not None:
+            unknown = sorted(set(self.model_files) - {f.name for f in files})
+            if unknown:
+                raise ServiceError(
+                    f"model_files {unknown}: expected names of deploy/atlas/builtin/*.yaml, "
+                    f"one of {[f.name for f in files]}"
+                )
+            files = [f for f in files if f.name in self.model_files]
+        rendered = {
+            f"{f.name}.json": json.dumps(f.typedefs, indent=1, sort_keys=True) for f in files
+        }
+        digest = hashlib.sha256(json.dumps(rendered, sort_keys=True).encode()).hexdigest()[:16]
+        folder = self.cache_dir / "atlas-models" / digest
+        if (folder / MARKER_NAME).is_file():
+            return folder
+        with file_lock(self.cache_dir / "atlas-models.lock"):
+            if not (folder / MARKER_NAME).is_file():
+                staging = folder.with_name(folder.name + ".partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                for name, text in rendered.items():
+                    (staging / name).write_text(text + "\n", encoding="utf-8")
+                (staging / MARKER_NAME).write_text(" ".join(rendered) + "\n")
+                shutil.rmtree(folder, ignore_errors=True)
+                staging.rename(folder)
+        return folder
+
     def _link_models(self, target: Path) -> None:
-        areas: list[Path] = []
-        if self.models_dir.is_dir():
-            areas = sorted(p for p in self.models_dir.iterdir() if p.is_dir())
-        if not areas:
-            raise ServiceError(
-                f"expected Atlas type models (folders such as 0000-Area0/) in {self.models_dir}, "
-                "found none. Point SERVEMETA_ATLAS_MODELS at Atlas's models directory."
-            )
         target.mkdir(parents=True)
-        # Only the folders: Atlas also tries to parse every top-level file (LICENSE, NOTICE)
-        # as a model and logs a JSON error for each.
-        for area in areas:
-            (target / area.name).symlink_to(area.resolve(), target_is_directory=True)
+        # One area folder; Atlas reads its *.json in name order. The marker file is not JSON,
+        # so it stays outside the folder Atlas reads.
+        models = self._rendered_models()
+        area = target / "0000-servemeta-builtin"
+        area.mkdir()
+        for path in sorted(models.glob("*.json")):
+            (area / path.name).symlink_to(path)
 
     def prepare(self) -> Launch:
         if self._java is None:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Atlas's own UI showing a served model's lineage, as a PNG taken by headless Chromium.
+# Atlas's own UI showing a served model's lineage, and a deployment's Properties tab, as PNGs
+# taken by headless Chromium.
 #
-#   bash scripts/atlas_screenshot.sh [OUT.png]        (default: docs/atlas-lineage.png)
+#   bash scripts/atlas_screenshot.sh [LINEAGE.png [PROPERTIES.png]]
+#       (defaults: docs/atlas-lineage.png, docs/atlas-deployment-properties.png)
 #
 # 1. Starts the project's Kafka and Apache Atlas (python -m local_services; each is reused
 #    when already running; Atlas takes about a minute) -- or uses ATLAS_URL (with
@@ -13,7 +15,8 @@
 # 3. Opens the model version's lineage tab in Atlas's UI with headless Chromium (Debian's
 #    `chromium`, installed with apt-get when missing and running as root), driven by
 #    playwright-core (npm, cached in $SERVEMETA_CACHE_DIR or ~/.cache/servemeta), waits for
-#    the graph to show all five nodes and writes the PNG.
+#    the graph to show all five nodes and writes the PNG; then opens the deployment's
+#    Properties tab, waits for its attributes and writes the second PNG.
 #
 # Kafka and Atlas keep running afterwards, to browse the catalog at the printed address; stop
 # them with `python -m local_services atlas stop` and `python -m local_services kafka stop`.
@@ -22,6 +25,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 OUT="$(realpath -m "${1:-docs/atlas-lineage.png}")"
+OUT_PROPERTIES="$(realpath -m "${2:-docs/atlas-deployment-properties.png}")"
 PYTHON="${PYTHON:-python}"
 CACHE="${SERVEMETA_CACHE_DIR:-$HOME/.cache/servemeta}"
 PW_DIR="$CACHE/playwright-core"
@@ -134,7 +138,8 @@ SINK_TOPICS="$TOPIC" SINK_DLQ_TOPIC="$TOPIC.dlq" SINK_GROUP_ID=servemeta-screens
 SINK_CLASSIFICATION_RULES='[{"classification": "PII", "dataset_pattern": "wine\\.csv$"}]' \
     "$PYTHON" -m atlas_sink --log-level WARNING replay --from-beginning --target atlas-rest --no-progress >&2
 
-GUID="$("$PYTHON" - "$CLUSTER" <<'PY'
+guid_of() {  # guid_of version|deployment: the guid of the demo's model version or deployment
+    "$PYTHON" - "$CLUSTER" "$1" <<'PY'
 import os
 import sys
 
@@ -142,22 +147,28 @@ import requests
 
 from atlas_sink import naming
 
-qualified_name = naming.model_version("wine", "1", sys.argv[1])
+cluster, kind = sys.argv[1:]
+type_name, qualified_name = {
+    "version": ("servemeta_model_version", naming.model_version("wine", "1", cluster)),
+    "deployment": ("servemeta_deployment", naming.deployment("wine-scorer", "wine", cluster)),
+}[kind]
 answer = requests.get(
-    f"{os.environ['ATLAS_URL']}/api/atlas/v2/entity/uniqueAttribute/type/servemeta_model_version",
+    f"{os.environ['ATLAS_URL']}/api/atlas/v2/entity/uniqueAttribute/type/{type_name}",
     params={"attr:qualifiedName": qualified_name, "ignoreRelationships": "true"},
     auth=(os.environ["ATLAS_USERNAME"], os.environ["ATLAS_PASSWORD"]),
     timeout=30,
 )
 if answer.status_code != 200:
-    sys.exit(f"Atlas has no model version {qualified_name!r} ({answer.status_code} {answer.text[:200]})")
+    sys.exit(f"Atlas has no {type_name} {qualified_name!r} ({answer.status_code} {answer.text[:200]})")
 print(answer.json()["entity"]["guid"])
 PY
-)"
-say "model version wine.1@$CLUSTER is $GUID"
+}
+GUID="$(guid_of version)"
+DEPLOYMENT_GUID="$(guid_of deployment)"
+say "model version wine.1@$CLUSTER is $GUID, its deployment $DEPLOYMENT_GUID"
 
 # -- the screenshot ---------------------------------------------------------------------------
-mkdir -p "$(dirname "$OUT")"
+mkdir -p "$(dirname "$OUT")" "$(dirname "$OUT_PROPERTIES")"
 SCRIPT="$(mktemp --suffix=.mjs)"
 trap 'rm -f "$SCRIPT"' EXIT
 cat >"$SCRIPT" <<'JS'
@@ -165,7 +176,7 @@ import { createRequire } from "module";
 
 const require = createRequire(process.env.PW_DIR + "/");
 const { chromium } = require("playwright-core");
-const [atlas, guid, out] = process.argv.slice(2);
+const [atlas, guid, out, deploymentGuid, outProperties] = process.argv.slice(2);
 const credentials = `${process.env.ATLAS_USERNAME}:${process.env.ATLAS_PASSWORD}`;
 // launch() runs Chromium on a fresh temporary profile (user data dir) of its own.
 const browser = await chromium.launch({
@@ -196,9 +207,27 @@ try {
   await page.waitForTimeout(1000); // let the graph's zoom-to-fit transition finish
   await page.screenshot({ path: out });
   console.error(`lineage nodes: ${labels.join(" | ")}`);
+
+  // The deployment's Properties tab: one table row per attribute Atlas holds.
+  await page.goto(`${atlas}/index.html#!/detailPage/${deploymentGuid}?tabActive=properties`);
+  await page.waitForFunction(
+    () => /serverKind/.test(document.querySelector("#tab-details")?.textContent || ""),
+    null,
+    { timeout: 60000 },
+  );
+  const properties = await page.$eval("#tab-details", (tab) => tab.textContent);
+  for (const expected of ["serverKind", "wine-scorer", "currentVersion"]) {
+    if (!properties.includes(expected)) {
+      throw new Error(`the Properties tab shows no ${expected}`);
+    }
+  }
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: outProperties, fullPage: true });
 } finally {
   await browser.close();
 }
 JS
-PW_DIR="$PW_DIR" CHROMIUM="$CHROMIUM" node "$SCRIPT" "$ATLAS_URL" "$GUID" "$OUT"
+PW_DIR="$PW_DIR" CHROMIUM="$CHROMIUM" node "$SCRIPT" "$ATLAS_URL" "$GUID" "$OUT" \
+    "$DEPLOYMENT_GUID" "$OUT_PROPERTIES"
 say "wrote $OUT (Atlas: $ATLAS_URL/index.html#!/detailPage/$GUID?tabActive=lineage)"
+say "wrote $OUT_PROPERTIES (Atlas: $ATLAS_URL/index.html#!/detailPage/$DEPLOYMENT_GUID?tabActive=properties)"

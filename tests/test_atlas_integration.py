@@ -927,12 +927,23 @@ def test_search_by_type_and_by_classification_finds_the_demo_model(
     assert by_type[0]["attributes"]["name"] == "wine 1"
     by_classification = atlas.search(classification="Confidential", limit=1000)
     assert version["guid"] in {e["guid"] for e in by_classification}
-    # A propagated classification finds the entities it reached, too.
-    both = atlas.search(typeName=MODEL_VERSION, classification="PII", entityFilters=exact)
+    # A propagated classification finds the entities it reached, too, once it reached them:
+    # from Atlas 2.2 propagation runs in background tasks, so poll.
+    both = poll(
+        "the propagated PII found by search",
+        lambda: atlas.search(typeName=MODEL_VERSION, classification="PII", entityFilters=exact),
+    )
     assert [e["guid"] for e in both] == [version["guid"]]
     assert set(both[0]["classificationNames"]) == {"Confidential", "PII"}
-    deployments = atlas.search(typeName=DEPLOYMENT, classification="PII", limit=1000)
-    assert demo.deployment in {e["attributes"]["qualifiedName"] for e in deployments}
+    deployments = poll(
+        "the deployment found by its propagated PII",
+        lambda: [
+            e
+            for e in atlas.search(typeName=DEPLOYMENT, classification="PII", limit=1000)
+            if e["attributes"]["qualifiedName"] == demo.deployment
+        ],
+    )
+    assert [e["attributes"]["qualifiedName"] for e in deployments] == [demo.deployment]
     # Every entity of the demo, by one search over the cluster's names.
     assert in_cluster(atlas, demo.cluster) == sorted(f"{t}:{q}" for t, q in demo.refs())
 

@@ -1,8 +1,9 @@
 """Atlas JSON, the typedef diff, the REST verdicts and the hook's message building. No I/O.
 
 The entities checked are the ones the translation makes of the sample events; they are
-checked against Atlas 2.4.0's own type models (atlas-models, with their patches) plus the
-project's typedefs, read here independently of the code under test.
+checked against the project's definitions of Atlas's own types (deploy/atlas/builtin, which
+the local Atlas is started with) plus the project's typedefs, read here with a registry of the
+test's own rather than with the code under test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from atlas_sink import atlas_json, naming
+from atlas_sink.builtin_types import builtin_typedefs, load_model_files
 from atlas_sink.coalesce import coalesce, refs_needing_state
 from atlas_sink.entities import Entity, EntityState, Ref
 from atlas_sink.targets.atlas_hook import (
@@ -50,9 +52,8 @@ from atlas_sink.typedefs import (
 from capture.events import ModelEvent
 from tests.conftest import all_payloads, envelope
 
-ATLAS_MODELS = Path(__file__).resolve().parents[2] / "shared" / "atlas-models"
 PROJECT = load_project_typedefs()
-MODEL = atlas_json.type_model(PROJECT)
+MODEL = atlas_json.type_model(builtin_typedefs(), PROJECT)
 SENDER = Sender(user="sink", created_by="sink", source_ip="127.0.0.1")
 
 
@@ -79,17 +80,6 @@ class Registry:
             self.ends[one["type"], one["name"]] = (relationship["name"], two["type"])
             self.ends[two["type"], two["name"]] = (relationship["name"], one["type"])
 
-    def patch(self, patch: dict[str, Any]) -> None:
-        definition = self.entities.get(patch["typeName"]) or self.structs.get(patch["typeName"])
-        if definition is None:
-            return
-        if patch["action"] == "ADD_SUPER_TYPES":
-            definition["superTypes"] = [*definition.get("superTypes", []), *patch["superTypes"]]
-        elif patch["action"] in ("ADD_ATTRIBUTE", "UPDATE_ATTRIBUTE"):
-            by_name = {a["name"]: a for a in definition.get("attributeDefs", [])}
-            by_name.update({a["name"]: a for a in patch["attributeDefs"]})
-            definition["attributeDefs"] = list(by_name.values())
-
     def lineage(self, type_name: str) -> list[str]:
         order, pending = [], [type_name]
         while pending:
@@ -115,15 +105,11 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    if not ATLAS_MODELS.is_dir():
-        pytest.skip(f"Atlas's type models are not at {ATLAS_MODELS}")
+    """Atlas's own types as the project defines them (deploy/atlas/builtin), then the project's:
+    what a local Atlas holds once the sink registered its types."""
     found = Registry()
-    models = sorted(p for p in ATLAS_MODELS.rglob("*.json") if "patches" not in p.parts)
-    for path in models:
-        found.add(json.loads(path.read_text()))
-    for path in sorted(ATLAS_MODELS.rglob("patches/*.json")):
-        for patch in json.loads(path.read_text()).get("patches", []):
-            found.patch(patch)
+    for model in load_model_files():
+        found.add(model.typedefs)
     found.add(PROJECT)
     return found
 
@@ -276,20 +262,20 @@ def test_every_mandatory_attribute_is_sent_for_each_event_alone(registry: Regist
                     )
 
 
-def test_base_typedefs_agree_with_atlas_models(registry: Registry) -> None:
-    base = atlas_json.TypeModel.from_typedefs(atlas_json.BASE_TYPEDEFS)
-    for name, supertypes in base.supertypes.items():
-        assert set(supertypes) == set(registry.entities[name].get("superTypes", [])), name
-        for attribute, type_name in base.attributes.get(name, {}).items():
-            assert registry.attributes(name)[attribute]["typeName"] == type_name, attribute
-        # Every date attribute, own or inherited, is known as one: it needs converting.
+def test_the_type_model_knows_every_date_and_relationship_end_of_the_types(
+    registry: Registry,
+) -> None:
+    """The conversion reads the same definitions: every date attribute, own or inherited, is
+    known as one (it needs converting), and every relationship end with its relationship."""
+    for name in registry.entities:
         for attribute, definition in registry.attributes(name).items():
             if definition["typeName"] == "date":
-                assert base.attribute_type(name, attribute) == "date", f"{name}.{attribute}"
-    for type_name, ends in base.relationships.items():
-        for attribute, relationship in ends.items():
-            assert registry.end(type_name, attribute) is not None
-            assert registry.end(type_name, attribute)[0] == relationship  # type: ignore[index]
+                assert MODEL.attribute_type(name, attribute) == "date", f"{name}.{attribute}"
+        for attribute in ("inputs", "outputs"):
+            end = registry.end(name, attribute)
+            if end is not None:
+                assert MODEL.relationship_type(name, attribute) == end[0], f"{name}.{attribute}"
+    assert MODEL.relationship_type("servemeta_deployment", "inputs") == "dataset_process_inputs"
 
 
 def test_values_are_converted_to_atlas_forms() -> None:

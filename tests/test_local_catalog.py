@@ -19,7 +19,6 @@ from atlas_sink.entities import Entity, Ref
 from atlas_sink.pipeline import Pipeline, RawMessage
 from atlas_sink.targets import Rejection, Target, TargetUnavailable
 from atlas_sink.targets.local import (
-    BUILTIN_SUPERTYPES,
     Direction,
     EntityNotFound,
     LineageGraph,
@@ -45,7 +44,6 @@ from capture.events import ModelEvent, ModelUnloaded, Payload, ScoringStats, to_
 from capture.framing import single_object_framer
 from tests.conftest import INPUT, OUTPUT, T0, all_payloads, envelope, model_loaded, scoring_stats
 
-ATLAS_MODELS = Path(__file__).resolve().parents[2] / "shared" / "atlas-models"
 TYPEDEFS = Path(__file__).resolve().parents[1] / "deploy" / "atlas" / "servemeta_typedefs.json"
 
 VERSION = Ref(MODEL_VERSION, "wine.1@local")
@@ -655,29 +653,13 @@ def test_ensure_types_refuses_unknown_super_types(tmp_path: Path) -> None:
     typedefs = tmp_path / "typedefs.json"
     typedefs.write_text(json.dumps({"entityDefs": [{"name": "x", "superTypes": ["hive_table"]}]}))
     catalog = LocalCatalog(tmp_path / "c.db", typedefs=typedefs)
-    with pytest.raises(ValueError, match=r"super types \['hive_table'\].*BUILTIN_SUPERTYPES"):
+    with pytest.raises(ValueError, match=r"super types \['hive_table'\].*deploy/atlas/builtin"):
         catalog.ensure_types()
     with pytest.raises(FileNotFoundError, match=r"servemeta_typedefs\.json"):
         LocalCatalog(tmp_path / "d.db", typedefs=tmp_path / "missing.json").ensure_types()
     catalog.close()
     with pytest.raises(RuntimeError, match="is closed"):
         catalog.entity(KAFKA_TOPIC, "t@local")
-
-
-def test_builtin_super_types_match_atlas_models() -> None:
-    if not ATLAS_MODELS.is_dir():
-        pytest.skip(f"Atlas's own type models are not at {ATLAS_MODELS}")
-    supers: dict[str, tuple[str, ...]] = {}
-    for path in sorted(ATLAS_MODELS.rglob("*.json")):
-        defs = json.loads(path.read_text(encoding="utf-8"))
-        for definition in defs.get("entityDefs", []):
-            supers[definition["name"]] = tuple(definition.get("superTypes") or ())
-        for patch in defs.get("patches", []):
-            if patch.get("action") == "ADD_SUPER_TYPES":
-                added = [s for s in patch["superTypes"] if s not in supers[patch["typeName"]]]
-                supers[patch["typeName"]] += tuple(added)
-    for name, expected in BUILTIN_SUPERTYPES.items():
-        assert sorted(supers[name]) == sorted(expected), name
 
 
 def test_rejection_is_the_target_contract_type(catalog: LocalCatalog) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,8 @@ from atlas_sink.decode import Decoder
 from atlas_sink.lineage_picture import render_html, render_svg
 from atlas_sink.pipeline import Pipeline, RawMessage
 from atlas_sink.report import ModelNotFound, build_report, render_text, storage_assessment
-from atlas_sink.targets.local import LocalCatalog
+from atlas_sink.targets.atlas_reader import propagation_pending
+from atlas_sink.targets.local import LineageGraph, LocalCatalog, Referrer, StoredEntity
 from atlas_sink.translate import ClassificationRule, Rules
 from capture.dataschema import data_schema
 from capture.events import (
@@ -217,3 +220,48 @@ def test_cli_report_json_and_picture(
     assert data["picture"] == str(picture.resolve())
     assert "wine.2@local" in picture.read_text()
     assert main(["report", "beer", "--target", "local", "--catalog", str(catalog.path)]) == 2
+
+
+class _PendingInAtlas:
+    """The catalog as an Atlas 2.2+ answers while its propagation tasks still run: every entity
+    carries pending tasks. No server of those releases can be had here; the reading of
+    ``pendingTasks`` itself is tested on Atlas's JSON below."""
+
+    def __init__(self, catalog: LocalCatalog) -> None:
+        self.catalog = catalog
+
+    def _pending(self, entity: StoredEntity) -> StoredEntity:
+        return dataclasses.replace(entity, propagation_pending=True)
+
+    def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None:
+        found = self.catalog.entity(type_name, qualified_name)
+        return None if found is None else self._pending(found)
+
+    def find(self, *args: Any, **kwargs: Any) -> list[StoredEntity]:
+        return [self._pending(e) for e in self.catalog.find(*args, **kwargs)]
+
+    def referrers(self, *args: Any, **kwargs: Any) -> list[Referrer]:
+        return [
+            Referrer(r.attribute, self._pending(r.entity))
+            for r in self.catalog.referrers(*args, **kwargs)
+        ]
+
+    def lineage(self, *args: Any, **kwargs: Any) -> LineageGraph:
+        return self.catalog.lineage(*args, **kwargs)
+
+
+def test_the_report_says_when_propagation_is_still_running(catalog: LocalCatalog) -> None:
+    settled = build_report(catalog, "wine")
+    assert settled.data["taxonomy"]["propagationPending"] is False
+    assert "propagation" not in render_text(settled)
+    pending = build_report(_PendingInAtlas(catalog), "wine")
+    assert pending.data["taxonomy"]["propagationPending"] is True
+    assert all(p["propagationPending"] for p in pending.data["processes"])
+    assert "still running in Atlas (pending tasks)" in render_text(pending)
+
+
+def test_pending_tasks_are_read_from_atlas_s_entity_json() -> None:
+    # AtlasEntity of Atlas 2.2+: "pendingTasks" lists the guids of classification tasks.
+    assert propagation_pending({"typeName": "t", "pendingTasks": ["6f1c-task"]})
+    assert not propagation_pending({"typeName": "t", "pendingTasks": []})
+    assert not propagation_pending({"typeName": "t"})  # Atlas 2.1: no such field

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from atlas_sink import naming
+from atlas_sink.builtin_types import builtin_typedefs
 from atlas_sink.coalesce import Coalesced, coalesce, refs_needing_state
 from atlas_sink.entities import (
     ATTRIBUTE_TIMES,
@@ -27,6 +27,8 @@ from atlas_sink.entities import (
     Update,
 )
 from atlas_sink.translate import (
+    ATLAS_RELATIONSHIPS_WRITTEN,
+    ATLAS_TYPES_WRITTEN,
     DATA_SCHEMA,
     DATASET,
     DEPLOYMENT,
@@ -45,6 +47,7 @@ from atlas_sink.translate import (
     micros,
     translate,
 )
+from atlas_sink.typedefs import load_project_typedefs
 from capture.dataschema import data_schema
 from capture.events import (
     DataSource,
@@ -61,7 +64,6 @@ from tests.conftest import INPUT, OUTPUT, T0, envelope, model_loaded, scoring_st
 
 REPO = Path(__file__).resolve().parents[1]
 TYPEDEFS = REPO / "deploy" / "atlas" / "servemeta_typedefs.json"
-ATLAS_MODELS = Path(__file__).resolve().parents[2] / "shared" / "atlas-models"
 
 VERSION = Ref(MODEL_VERSION, "wine.1@local")
 MODEL_REF = Ref(MODEL, "wine@local")
@@ -654,19 +656,6 @@ def test_any_batch_split_of_a_stream_yields_the_same_entities() -> None:
 
 # -- translation and type definitions stay in step -----------------------------------------
 
-# Atlas 2.4.0's base types as atlas-models/0000-Area0 defines them (with patches): the super
-# types and attributes the servemeta types inherit. Checked against atlas-models below.
-ATLAS_BASE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
-    "Referenceable": ((), frozenset({"qualifiedName", "replicatedFrom", "replicatedTo"})),
-    "Asset": (
-        ("Referenceable",),
-        frozenset({"name", "displayName", "description", "userDescription", "owner"}),
-    ),
-    "DataSet": (("Asset",), frozenset()),
-    "Process": (("Asset",), frozenset({"inputs", "outputs"})),
-}
-ATLAS_REQUIRED = {"Referenceable": {"qualifiedName"}, "Asset": {"name"}}
-
 
 class _Registry:
     """Entity types' super types, attribute names (relationship ends included), required
@@ -678,8 +667,7 @@ class _Registry:
         self.required: dict[str, set[str]] = {}
         self.structs: dict[str, dict[str, bool]] = {}
 
-    def load(self, path: Path) -> None:
-        defs = json.loads(path.read_text(encoding="utf-8"))
+    def load(self, defs: Mapping[str, Any]) -> None:
         for definition in defs.get("entityDefs", []):
             name = definition["name"]
             self.supers[name] = tuple(definition.get("superTypes") or ())
@@ -696,16 +684,6 @@ class _Registry:
             for end in ("endDef1", "endDef2"):
                 self.names.setdefault(relationship[end]["type"], set()).add(
                     relationship[end]["name"]
-                )
-        for patch in defs.get("patches", []):
-            if patch.get("action") == "ADD_ATTRIBUTE":
-                self.names.setdefault(patch["typeName"], set()).update(
-                    a["name"] for a in patch.get("attributeDefs") or []
-                )
-            elif patch.get("action") == "ADD_SUPER_TYPES":
-                self.supers[patch["typeName"]] = (
-                    *self.supers.get(patch["typeName"], ()),
-                    *patch["superTypes"],
                 )
 
     def closure(self, type_name: str) -> list[str]:
@@ -725,13 +703,17 @@ class _Registry:
         return {n for t in self.closure(type_name) for n in self.required.get(t, ())}
 
 
-def _servemeta_registry() -> _Registry:
+def _builtin_registry() -> _Registry:
+    """Atlas's own types, as deploy/atlas/builtin defines them."""
     registry = _Registry()
-    for name, (supers, names) in ATLAS_BASE.items():
-        registry.supers[name] = supers
-        registry.names[name] = set(names)
-        registry.required[name] = set(ATLAS_REQUIRED.get(name, ()))
-    registry.load(TYPEDEFS)
+    registry.load(builtin_typedefs())
+    return registry
+
+
+def _servemeta_registry() -> _Registry:
+    """What an Atlas holds once the sink registered the project's types."""
+    registry = _builtin_registry()
+    registry.load(load_project_typedefs(TYPEDEFS))
     return registry
 
 
@@ -743,6 +725,11 @@ def _every_kind_of_event() -> list[ModelEvent]:
                 DataSource(uri="file:///data/wine.csv", name="wine", schema=INPUT),
                 DataSource(uri="hdfs://nn:8020/warehouse/wine"),
                 DataSource(uri="https://api.example.com/wine"),
+                # Named sources of every other kind: a name becomes the data set's description.
+                DataSource(uri="hdfs://nn:8020/warehouse/grapes", name="grapes"),
+                DataSource(uri="https://api.example.com/vintages", name="vintages"),
+                DataSource(uri="kafka://wine-history", name="history"),
+                DataSource(uri="s3://bucket/train/wine.parquet", name="wine-s3"),
             ],
             run_id="run-42",
         ),
@@ -794,11 +781,13 @@ def test_the_sample_covers_every_entity_type_translate_writes() -> None:
 
 
 def test_servemeta_typedefs_declare_every_name_translate_writes() -> None:
+    own = _Registry()
+    own.load(load_project_typedefs(TYPEDEFS))
     registry = _servemeta_registry()
     undeclared = {}
     for type_name, (attributes, references) in _emitted().items():
-        if type_name not in registry.supers or type_name in ATLAS_BASE:
-            continue  # an Atlas built-in type: checked against atlas-models below
+        if type_name not in own.supers:
+            continue  # one of Atlas's own types: checked below
         missing = (attributes | references) - registry.declared(type_name)
         if missing:
             undeclared[type_name] = sorted(missing)
@@ -831,37 +820,25 @@ def test_schema_fields_match_the_servemeta_field_struct() -> None:
         assert required <= set(spec)
 
 
-@pytest.fixture
-def atlas_models() -> _Registry:
-    if not ATLAS_MODELS.is_dir():
-        pytest.skip(f"Atlas's own type models are not at {ATLAS_MODELS}: built-in types unchecked")
-    registry = _Registry()
-    for path in sorted(ATLAS_MODELS.rglob("*.json")):
-        registry.load(path)
-    return registry
-
-
-def test_atlas_base_types_here_match_atlas_models(atlas_models: _Registry) -> None:
-    for name, (supers, names) in ATLAS_BASE.items():
-        assert atlas_models.supers[name] == supers
-        assert names <= atlas_models.names[name], name
-        assert ATLAS_REQUIRED.get(name, set()) <= atlas_models.required[name]
-
-
-def test_atlas_built_in_types_declare_every_name_translate_writes(
-    atlas_models: _Registry,
-) -> None:
-    """What servemeta_typedefs.json does not declare must come from Atlas's own types: the
-    built-in types translate writes (kafka_topic, fs_path, ...) and the base types the
-    servemeta types extend."""
+def test_the_built_in_types_the_sink_checks_for_are_what_translate_writes() -> None:
+    """ATLAS_TYPES_WRITTEN (what the sink requires of an Atlas before it writes) names, per
+    type of Atlas's own, every attribute translate sets on it or on a project type extending
+    it, and nothing the project's own definitions of those types lack."""
     own = _Registry()
-    own.load(TYPEDEFS)
-    undeclared = {}
+    own.load(load_project_typedefs(TYPEDEFS))
+    builtin = _builtin_registry()
+    needed: dict[str, set[str]] = {}
     for type_name, (attributes, references) in _emitted().items():
-        inherited = (attributes | references) - own.declared(type_name)
-        built_in = [t for t in own.closure(type_name) if t in atlas_models.supers]
-        assert built_in, f"{type_name} is neither a servemeta type nor one of Atlas's"
-        declared = {n for t in built_in for n in atlas_models.declared(t)}
-        if inherited - declared:
-            undeclared[type_name] = sorted(inherited - declared)
-    assert undeclared == {}
+        inherited = (attributes | references | {"qualifiedName"}) - own.declared(type_name)
+        if type_name in builtin.supers:
+            needed.setdefault(type_name, set()).update(inherited)
+            continue
+        # A project type: what it inherits must be in the nearest of Atlas's types above it.
+        supers = [t for t in own.closure(type_name) if t in builtin.supers]
+        assert supers, f"{type_name} extends none of Atlas's own types"
+        needed.setdefault(supers[0], set()).update(inherited)
+    assert {t: set(a) for t, a in ATLAS_TYPES_WRITTEN.items()} == needed
+    for type_name, attributes in ATLAS_TYPES_WRITTEN.items():
+        assert set(attributes) <= builtin.declared(type_name), type_name
+    relationships = {r["name"] for r in builtin_typedefs()["relationshipDefs"]}
+    assert set(ATLAS_RELATIONSHIPS_WRITTEN) <= relationships

@@ -1,7 +1,7 @@
 """Apache Atlas through its hook topic: ENTITY_CREATE_V2 notifications on ATLAS_HOOK.
 
-The envelope is the one Atlas's own hooks write (AtlasNotificationMessage, see
-atlas-hook-samples/create-db.json)::
+The envelope is the one Atlas's own hooks write (AtlasNotificationMessage around
+HookNotification.EntityCreateRequestV2)::
 
     {version {version "1.0.0", versionParts [1]}, msgCompressionKind "NONE", msgSplitIdx 1,
      msgSplitCount 1, msgSourceIP, msgCreatedBy, msgCreationTime (epoch ms),
@@ -50,6 +50,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from atlas_sink import atlas_json, naming
 from atlas_sink.atlas_json import JsonDict, TypeModel
+from atlas_sink.builtin_types import builtin_typedefs
 from atlas_sink.entities import Entity, Ref
 from atlas_sink.targets import Rejection, TargetUnavailable, WriteResult
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
@@ -290,7 +291,7 @@ class AtlasHookTarget:
         self.delivery_timeout = delivery_timeout
         self.sender = Sender.local(user)
         self.model = atlas_json.type_model(
-            typedefs if typedefs is not None else load_project_typedefs()
+            builtin_typedefs(), typedefs if typedefs is not None else load_project_typedefs()
         )
         self._clock = clock
         self._msg_ids = _message_ids()

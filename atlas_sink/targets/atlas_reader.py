@@ -9,6 +9,7 @@ translation writes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from atlas_sink.entities import Ref
@@ -52,6 +53,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict) and "attributes" in value and "typeName" in value:
         return dict(value["attributes"])
     return value
+
+
+def propagation_pending(entity: Mapping[str, Any]) -> bool:
+    """Whether Atlas still runs classification tasks for the entity (AtlasEntity.pendingTasks,
+    Atlas 2.2 and later; 2.1 has no such field and propagates within the request)."""
+    return bool(entity.get("pendingTasks"))
 
 
 class AtlasCatalog:
@@ -116,6 +123,7 @@ class AtlasCatalog:
             references=references,
             classifications=tuple(sorted(own)),
             propagated_classifications=propagated,
+            propagation_pending=propagation_pending(entity),
         )
 
     def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None:

@@ -59,12 +59,16 @@ import requests
 from requests.auth import HTTPBasicAuth
 
 from atlas_sink import atlas_json
+from atlas_sink.builtin_types import builtin_typedefs
 from atlas_sink.entities import Entity, Ref
 from atlas_sink.targets import Rejection, TargetAuthError, TargetUnavailable, WriteResult
+from atlas_sink.translate import ATLAS_RELATIONSHIPS_WRITTEN, ATLAS_TYPES_WRITTEN
 from atlas_sink.typedefs import (
+    MissingBuiltinTypes,
     TypedefConflict,
     load_project_typedefs,
     merge,
+    missing_builtins,
     plan_typedefs,
     type_names,
 )
@@ -292,7 +296,7 @@ class AtlasRestTarget:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.typedefs = dict(typedefs) if typedefs is not None else load_project_typedefs()
-        self.model = atlas_json.type_model(self.typedefs)
+        self.model = atlas_json.type_model(builtin_typedefs(), self.typedefs)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._classified = _LruSet(classification_cache)
@@ -320,7 +324,10 @@ class AtlasRestTarget:
     # -- Target --------------------------------------------------------------------------------
 
     def ensure_types(self) -> None:
-        """Create the project's missing types and add new attributes to existing ones."""
+        """Check that Atlas has the types of its own that the sink writes, then create the
+        project's missing types and add new attributes to existing ones. Nothing is written
+        when a built-in type or attribute is missing."""
+        self.check_builtin_types()
         names = type_names(self.typedefs)
         for attempt in range(2):
             existing = merge(self._typedef(name) for name in names)
@@ -359,6 +366,34 @@ class AtlasRestTarget:
                         f"{answer.error}; check deploy/atlas/servemeta_typedefs.json"
                     )
             return
+
+    def check_builtin_types(self) -> None:
+        """Raise ``MissingBuiltinTypes`` naming every type, attribute and relationship of
+        Atlas's own model that the sink writes and this Atlas lacks."""
+        documents = []
+        pending = sorted(ATLAS_TYPES_WRITTEN)
+        seen: set[str] = set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            document = self._typedef(name)
+            documents.append(document)
+            for definition in document.get("entityDefs") or []:
+                pending.extend(definition.get("superTypes") or [])
+        documents += [self._typedef(name) for name in ATLAS_RELATIONSHIPS_WRITTEN]
+        problems = missing_builtins(
+            ATLAS_TYPES_WRITTEN, ATLAS_RELATIONSHIPS_WRITTEN, merge(documents)
+        )
+        if problems:
+            raise MissingBuiltinTypes(
+                f"Atlas at {self.base_url} lacks types of Atlas's own model that the sink "
+                "writes:\n- " + "\n- ".join(problems) + "\nexpected Atlas's base, file "
+                "system, Kafka and AWS S3 v2 models (Atlas 2.1 to 2.4 ship them in "
+                "models/); load them into Atlas (deploy/atlas/builtin/ has the project's "
+                "definitions of them), then start again. Nothing was written."
+            )
 
     def fetch(
         self, refs: Sequence[Ref], attribute_names: Sequence[str]

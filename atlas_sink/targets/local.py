@@ -30,27 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from atlas_sink.builtin_types import builtin_typedefs
 from atlas_sink.entities import Entity, Ref
 from atlas_sink.targets import Rejection, TargetUnavailable, WriteResult
 from atlas_sink.typedefs import load_project_typedefs, typedefs_path
-
-# Super types of the Atlas 2.4.0 built-in entity types the translation writes or inherits
-# from, as atlas-models/0000-Area0, 1000-Hadoop and 3000-Cloud define them with their patches
-# applied (fs_path gains Path in patch 018). Written out here because that folder is not
-# shipped with the sink; tests/test_local_catalog.py compares this map with it when present.
-BUILTIN_SUPERTYPES: dict[str, tuple[str, ...]] = {
-    "Referenceable": (),
-    "Asset": ("Referenceable",),
-    "DataSet": ("Asset",),
-    "Process": ("Asset",),
-    "Path": ("DataSet",),
-    "kafka_topic": ("DataSet",),
-    "fs_path": ("DataSet", "Path"),
-    "hdfs_path": ("fs_path",),
-    "aws_s3_v2_base": ("DataSet",),
-    "aws_s3_v2_contained": (),
-    "aws_s3_v2_object": ("aws_s3_v2_base", "aws_s3_v2_contained"),
-}
 
 PROCESS = "Process"
 DATASET = "DataSet"
@@ -121,6 +104,9 @@ class StoredEntity:
     classifications: tuple[str, ...]
     # Classification name -> keys of the upstream entities it propagated from.
     propagated_classifications: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Atlas 2.2+ propagates classifications in background tasks; while an entity has pending
+    # ones, what propagated to it may not show yet. The embedded catalog propagates at once.
+    propagation_pending: bool = False
 
     @property
     def ref(self) -> Ref:
@@ -271,29 +257,27 @@ class LocalCatalog:
     # -- Target ------------------------------------------------------------------------------
 
     def ensure_types(self) -> None:
-        defs = load_project_typedefs(self.typedefs)
-        rows: dict[str, tuple[str, tuple[str, ...]]] = {
-            name: ("ENTITY", supers) for name, supers in BUILTIN_SUPERTYPES.items()
-        }
-        for category, section in (
-            ("ENUM", "enumDefs"),
-            ("STRUCT", "structDefs"),
-            ("CLASSIFICATION", "classificationDefs"),
-            ("ENTITY", "entityDefs"),
-            ("RELATIONSHIP", "relationshipDefs"),
-            ("BUSINESS_METADATA", "businessMetadataDefs"),
-        ):
-            for definition in defs.get(section, []):
-                supers = tuple(definition.get("superTypes") or ())
-                rows[definition["name"]] = (category, supers)
+        # Atlas's own types first, as an Atlas has them before the project's are registered.
+        rows: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for defs in (builtin_typedefs(), load_project_typedefs(self.typedefs)):
+            for category, section in (
+                ("ENUM", "enumDefs"),
+                ("STRUCT", "structDefs"),
+                ("CLASSIFICATION", "classificationDefs"),
+                ("ENTITY", "entityDefs"),
+                ("RELATIONSHIP", "relationshipDefs"),
+                ("BUSINESS_METADATA", "businessMetadataDefs"),
+            ):
+                for definition in defs.get(section, []):
+                    supers = tuple(definition.get("superTypes") or ())
+                    rows[definition["name"]] = (category, supers)
         for name, (category, supers) in rows.items():
             unknown = [s for s in supers if rows.get(s, ("",))[0] != category]
             if unknown:
                 raise ValueError(
                     f"{category.lower()} type {name} in {self.typedefs} has super types "
-                    f"{unknown} that are neither defined there nor among the Atlas built-in "
-                    f"types this catalog knows ({sorted(BUILTIN_SUPERTYPES)}): define them, "
-                    "or add them to BUILTIN_SUPERTYPES in atlas_sink/targets/local.py"
+                    f"{unknown} that are neither defined there nor among Atlas's own types "
+                    "(deploy/atlas/builtin/*.yaml): define them in one of the two"
                 )
         with self._lock, self._transaction(immediate=True) as db:
             db.executemany(
@@ -826,7 +810,6 @@ def _select_by_ref(
 
 
 __all__ = [
-    "BUILTIN_SUPERTYPES",
     "EntityNotFound",
     "LineageGraph",
     "LineageNode",
