@@ -2,6 +2,6 @@
 
 import sys
 
-from atlas_sink.cli import main
+from atlas_sink.service.cli import main
 
 sys.exit(main())

@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: python bench/faults.py
     sys.path.insert(0, str(REPO))
 
-from atlas_sink import naming  # noqa: E402
-from atlas_sink.translate import DEPLOYMENT as DEPLOYMENT_TYPE  # noqa: E402
+from atlas_sink.core import naming  # noqa: E402
+from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE  # noqa: E402
 from capture.config import EmitterConfig  # noqa: E402
 from capture.dataschema import data_schema  # noqa: E402
 from capture.emitter import Emitter, EmitterStats  # noqa: E402
@@ -564,9 +564,9 @@ def totals(path: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 def reference(bootstrap: str, topic: str, path: Path) -> dict[str, Any]:
     """One uninterrupted replay of the whole topic into a fresh catalog file."""
-    from atlas_sink import cli
-    from atlas_sink.config import load_config
-    from atlas_sink.consumer import replay
+    from atlas_sink.kafka.consumer import replay
+    from atlas_sink.runtime.config import load_config
+    from atlas_sink.service import cli
     from atlas_sink.targets.local import LocalCatalog
 
     config = load_config(
@@ -918,7 +918,7 @@ def broker_restart(
 ) -> BrokerResult:
     """Serve a model through a broker stop and restart; half-way through the outage the
     server itself restarts (a new emitter, on the same spool directory when there is one)."""
-    from atlas_sink.decode import Decoder
+    from atlas_sink.core.decode import Decoder
 
     topic = f"faults.broker.{'spool' if spool else 'plain'}.{uuid.uuid4().hex[:8]}"
     create_topics(broker.address, topic, 3)

@@ -105,10 +105,10 @@ def _floor(bootstrap: str, topic: str, events: int) -> float:
 
 def _pipeline(bootstrap: str, topic: str, events: int) -> tuple[float, dict[str, int]]:
     """Seconds of the sink's own per-event work (target time excluded), and write counts."""
-    from atlas_sink.decode import Decoder
-    from atlas_sink.pipeline import Pipeline, RawMessage
+    from atlas_sink.core.decode import Decoder
+    from atlas_sink.core.pipeline import Pipeline, RawMessage
+    from atlas_sink.core.translate import Rules
     from atlas_sink.targets.local import LocalCatalog
-    from atlas_sink.translate import Rules
 
     with tempfile.TemporaryDirectory() as tmp:
         catalog = LocalCatalog(Path(tmp) / "bench.sqlite")
@@ -144,7 +144,7 @@ def _pipeline(bootstrap: str, topic: str, events: int) -> tuple[float, dict[str,
 
 
 def throughput_and_coalescing(bootstrap: str, events: int = 100_000) -> Iterator[Figure]:
-    from atlas_sink.pipeline import tune_gc_for_streaming
+    from atlas_sink.core.pipeline import tune_gc_for_streaming
 
     # As the sink process runs; the floor below is measured under the same settings.
     tune_gc_for_streaming()

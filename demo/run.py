@@ -731,7 +731,7 @@ def start_services(options: DemoOptions, progress: Progress, services: Services)
 def sink_commands() -> dict[str, argparse.ArgumentParser]:
     """The sink CLI's subcommands, from its own parser (``report`` is being added)."""
     try:
-        from atlas_sink.cli import build_parser
+        from atlas_sink.service.cli import build_parser
 
         parser = build_parser()
     except Exception as exc:  # a broken sink install must end the demo with a message

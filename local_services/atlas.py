@@ -22,9 +22,10 @@ be fetched here. 2.1.0 serves the same v2 REST API and hook message format.
 
 Types: the war carries none of Atlas's type models, so the server starts with the project's
 own definitions of the Atlas types it needs (``deploy/atlas/builtin/*.yaml``, read by
-``atlas_sink.builtin_types``): the base and internal types, the glossary, and the built-in data
-set types the sink writes. They are rendered once into Atlas model files in the cache (a folder
-named by their digest, reused by later starts) and linked into ``atlas.home/models``. The
+``atlas_sink.atlas.builtin_types``): the base and internal types, the glossary, and the
+built-in data set types the sink writes. They are rendered once into Atlas model files in the
+cache (a folder named by their digest, reused by later starts) and linked into
+``atlas.home/models``. The
 project's ``servemeta_*`` types are not among them: the sink registers those itself
 (``atlas-sink init-types``), as it does on any Atlas.
 
@@ -439,7 +440,7 @@ class AtlasService(ManagedService):
 
     def _rendered_models(self) -> Path:
         """The built-in types as Atlas model files in the cache, rendered once per content."""
-        from atlas_sink.builtin_types import load_model_files
+        from atlas_sink.atlas.builtin_types import load_model_files
 
         files = load_model_files()
         if self.model_files is not None:

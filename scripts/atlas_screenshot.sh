@@ -145,7 +145,7 @@ import sys
 
 import requests
 
-from atlas_sink import naming
+from atlas_sink.core import naming
 
 cluster, kind = sys.argv[1:]
 type_name, qualified_name = {

@@ -22,7 +22,7 @@ from typing import Any
 
 from fastavro import parse_schema
 
-from atlas_sink import naming
+from atlas_sink.core import naming
 from capture import contract
 from capture.config import EmitterConfig
 from capture.dataschema import data_schema

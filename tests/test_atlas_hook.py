@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from atlas_sink import naming
-from atlas_sink.coalesce import coalesce, refs_needing_state
-from atlas_sink.entities import Entity, EntityState, Ref
-from atlas_sink.targets import TargetUnavailable
+from atlas_sink.core import naming
+from atlas_sink.core.coalesce import coalesce, refs_needing_state
+from atlas_sink.core.entities import Entity, EntityState, Ref
+from atlas_sink.core.target import TargetUnavailable
+from atlas_sink.core.translate import MODEL_VERSION, Rules, translate
 from atlas_sink.targets.atlas_hook import AtlasHookTarget
-from atlas_sink.translate import MODEL_VERSION, Rules, translate
 from capture.events import ModelEvent
 from tests.conftest import all_payloads, envelope
 

@@ -33,22 +33,11 @@ import pytest
 import requests
 from confluent_kafka import KafkaError, Message, Producer
 
-from atlas_sink import cli, logs, naming
-from atlas_sink.config import SinkConfig, load_config
-from atlas_sink.consumer import ReplayResult, SinkConsumer, replay
-from atlas_sink.dlq import (
-    ERROR,
-    ORIGINAL_OFFSET,
-    ORIGINAL_TOPIC,
-    REASON,
-    header_list,
-    read_dlq,
-)
-from atlas_sink.entities import Entity
-from atlas_sink.metrics import Health, MetricsServer, SinkMetrics
-from atlas_sink.targets import TargetUnavailable
-from atlas_sink.targets.atlas_rest import AtlasRestTarget
-from atlas_sink.translate import (
+from atlas_sink.atlas.typedefs import load_project_typedefs, type_names
+from atlas_sink.core import naming
+from atlas_sink.core.entities import Entity
+from atlas_sink.core.target import TargetUnavailable
+from atlas_sink.core.translate import (
     DATA_SCHEMA,
     DATASET,
     DEPLOYMENT,
@@ -59,7 +48,20 @@ from atlas_sink.translate import (
     SCHEMA_CHANGE,
     TRAINING,
 )
-from atlas_sink.typedefs import load_project_typedefs, type_names
+from atlas_sink.kafka.consumer import ReplayResult, SinkConsumer, replay
+from atlas_sink.kafka.dlq import (
+    ERROR,
+    ORIGINAL_OFFSET,
+    ORIGINAL_TOPIC,
+    REASON,
+    header_list,
+    read_dlq,
+)
+from atlas_sink.runtime import logs
+from atlas_sink.runtime.config import SinkConfig, load_config
+from atlas_sink.runtime.metrics import Health, MetricsServer, SinkMetrics
+from atlas_sink.service import cli
+from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from capture.dataschema import data_schema
 from capture.events import (
     Deployment,

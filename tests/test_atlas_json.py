@@ -22,10 +22,20 @@ from typing import Any
 
 import pytest
 
-from atlas_sink import atlas_json, naming
-from atlas_sink.builtin_types import builtin_typedefs, load_model_files
-from atlas_sink.coalesce import coalesce, refs_needing_state
-from atlas_sink.entities import Entity, EntityState, Ref
+from atlas_sink.atlas import entity_json
+from atlas_sink.atlas.builtin_types import builtin_typedefs, load_model_files
+from atlas_sink.atlas.typedefs import (
+    CATEGORIES,
+    TypedefPlan,
+    load_project_typedefs,
+    normalized,
+    plan_typedefs,
+    type_names,
+)
+from atlas_sink.core import naming
+from atlas_sink.core.coalesce import coalesce, refs_needing_state
+from atlas_sink.core.entities import Entity, EntityState, Ref
+from atlas_sink.core.translate import Rules, translate
 from atlas_sink.targets.atlas_hook import (
     MAX_MESSAGE_BYTES,
     Sender,
@@ -40,20 +50,11 @@ from atlas_sink.targets.atlas_rest import (
     credentials_from_env,
     parse_error,
 )
-from atlas_sink.translate import Rules, translate
-from atlas_sink.typedefs import (
-    CATEGORIES,
-    TypedefPlan,
-    load_project_typedefs,
-    normalized,
-    plan_typedefs,
-    type_names,
-)
 from capture.events import ModelEvent
 from tests.conftest import all_payloads, envelope
 
 PROJECT = load_project_typedefs()
-MODEL = atlas_json.type_model(builtin_typedefs(), PROJECT)
+MODEL = entity_json.type_model(builtin_typedefs(), PROJECT)
 SENDER = Sender(user="sink", created_by="sink", source_ip="127.0.0.1")
 
 
@@ -189,7 +190,7 @@ def _check_object_id(
 
 
 def test_every_entity_matches_atlas_types(registry: Registry, entities: list[Entity]) -> None:
-    body = atlas_json.bulk_request(atlas_json.topological_order(entities), MODEL)
+    body = entity_json.bulk_request(entity_json.topological_order(entities), MODEL)
     assert body["referredEntities"] == {}
     guids = [e["guid"] for e in body["entities"]]
     assert len(set(guids)) == len(guids)
@@ -225,7 +226,7 @@ def test_every_entity_matches_atlas_types(registry: Registry, entities: list[Ent
 
 
 def test_process_inputs_and_outputs_go_as_hooks_send_them(entities: list[Entity]) -> None:
-    body = atlas_json.bulk_request(entities, MODEL)
+    body = entity_json.bulk_request(entities, MODEL)
     training = next(e for e in body["entities"] if e["typeName"] == "servemeta_training")
     assert "inputs" not in training["attributes"] and "outputs" not in training["attributes"]
     (source,) = training["relationshipAttributes"]["inputs"]
@@ -240,7 +241,7 @@ def test_process_inputs_and_outputs_go_as_hooks_send_them(entities: list[Entity]
 
 def test_references_outside_the_request_have_no_guid(entities: list[Entity]) -> None:
     training = next(e for e in entities if e.type_name == "servemeta_training")
-    body = atlas_json.bulk_request([training], MODEL)
+    body = entity_json.bulk_request([training], MODEL)
     (entity,) = body["entities"]
     for value in entity["relationshipAttributes"].values():
         for item in value:
@@ -252,7 +253,7 @@ def test_every_mandatory_attribute_is_sent_for_each_event_alone(registry: Regist
     """Any event may be the first Atlas hears of an entity: it must be creatable from it."""
     for event in _events():
         for entity in _entities([event]):
-            sent = atlas_json.entity_json(entity, MODEL, {})
+            sent = entity_json.entity_json(entity, MODEL, {})
             given = {**sent["attributes"], **sent.get("relationshipAttributes", {})}
             for name, definition in registry.attributes(entity.type_name).items():
                 if not definition.get("isOptional", True):
@@ -291,13 +292,13 @@ def test_values_are_converted_to_atlas_forms() -> None:
             "unknownAttribute": float("inf"),
         },
     )
-    attributes = atlas_json.entity_json(entity, MODEL, {})["attributes"]
+    attributes = entity_json.entity_json(entity, MODEL, {})["attributes"]
     assert attributes["statusSince"] == 1767225600000
     assert attributes["windowStart"] == 1767225600000
     assert attributes["latencyMax"] is None
     assert attributes["errorsByKind"] == {"timeout": "3", "flag": "true"}
     assert attributes["unknownAttribute"] is None
-    atlas_json.dumps(attributes)  # valid JSON: no NaN left
+    entity_json.dumps(attributes)  # valid JSON: no NaN left
 
 
 def test_topological_order_puts_referenced_entities_first() -> None:
@@ -305,12 +306,12 @@ def test_topological_order_puts_referenced_entities_first() -> None:
     b = Entity("x", "v@c", references={"model": Ref("y", "m@c")})
     c = Entity("y", "m@c")
     d = Entity("z", "alone@c")
-    ordered = [e.qualified_name for e in atlas_json.topological_order([a, d, b, c])]
+    ordered = [e.qualified_name for e in entity_json.topological_order([a, d, b, c])]
     assert ordered == ["m@c", "v@c", "t@c", "alone@c"]
     # A cycle does not loop or drop anything.
     e = Entity("x", "1", references={"r": Ref("x", "2")})
     f = Entity("x", "2", references={"r": Ref("x", "1")})
-    assert {x.qualified_name for x in atlas_json.topological_order([e, f])} == {"1", "2"}
+    assert {x.qualified_name for x in entity_json.topological_order([e, f])} == {"1", "2"}
 
 
 # -- typedef diff --------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from atlas_sink.builtin_types import builtin_typedefs
-from atlas_sink.typedefs import CATEGORIES, load_project_typedefs, type_names
+from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.typedefs import CATEGORIES, load_project_typedefs, type_names
 from tests.services import AtlasServer
 
 pytestmark = pytest.mark.atlas

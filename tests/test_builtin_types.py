@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from atlas_sink.builtin_types import (
+from atlas_sink.atlas.builtin_types import (
     ModelError,
     attribute_def,
     builtin_typedefs,
     load_model_files,
     parse_model,
 )
-from atlas_sink.typedefs import CATEGORIES, load_project_typedefs, missing_builtins
+from atlas_sink.atlas.typedefs import CATEGORIES, load_project_typedefs, missing_builtins
 
 PRIMITIVES = {
     "boolean",
@@ -236,7 +236,7 @@ def test_missing_builtins_names_types_attributes_and_relationships() -> None:
 
 
 def test_the_project_s_definitions_have_everything_the_sink_checks_for() -> None:
-    from atlas_sink.translate import ATLAS_RELATIONSHIPS_WRITTEN, ATLAS_TYPES_WRITTEN
+    from atlas_sink.core.translate import ATLAS_RELATIONSHIPS_WRITTEN, ATLAS_TYPES_WRITTEN
 
     assert (
         missing_builtins(ATLAS_TYPES_WRITTEN, ATLAS_RELATIONSHIPS_WRITTEN, builtin_typedefs()) == []

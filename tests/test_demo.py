@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlas_sink import naming
-from atlas_sink.entities import Ref
-from atlas_sink.targets.local import LocalCatalog, StoredEntity, entity_key
-from atlas_sink.translate import (
+from atlas_sink.core import naming
+from atlas_sink.core.entities import Ref
+from atlas_sink.core.translate import (
     DATA_SCHEMA,
     DEPLOYMENT,
     FS_PATH,
@@ -29,6 +28,7 @@ from atlas_sink.translate import (
     SCHEMA_CHANGE,
     TRAINING,
 )
+from atlas_sink.targets.local import LocalCatalog, StoredEntity, entity_key
 from capture.artifacts import content_digest
 from capture.dataschema import compatibility
 from capture.events import Compatibility, Runtime

@@ -28,9 +28,9 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from atlas_sink import __version__ as sink_version
-from atlas_sink import cli
-from atlas_sink.config import SETTINGS, SinkConfig, load_config, settings_reference
-from atlas_sink.metrics import SinkMetrics
+from atlas_sink.runtime.config import SETTINGS, SinkConfig, load_config, settings_reference
+from atlas_sink.runtime.metrics import SinkMetrics
+from atlas_sink.service import cli
 from capture.config import EmitterConfig
 from local_services.atlas import STATUS_PATH
 from local_services.cli import _parser as local_services_parser
@@ -292,7 +292,7 @@ def test_dockerfile_healthcheck_probes_healthz_on_the_metrics_port() -> None:
 
 
 def test_dockerfile_entrypoint_is_the_console_script_and_cmd_is_run() -> None:
-    assert PYPROJECT["project"]["scripts"]["atlas-sink"] == "atlas_sink.cli:main"
+    assert PYPROJECT["project"]["scripts"]["atlas-sink"] == "atlas_sink.service.cli:main"
     (entrypoint,) = runtime_instructions("ENTRYPOINT")
     assert json.loads(entrypoint.value) == ["atlas-sink"]
     (cmd,) = runtime_instructions("CMD")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_sink.decode import Decoder
+from atlas_sink.core.decode import Decoder
 from capture import contract
 from capture.config import EmitterConfig
 from capture.emitter import Emitter

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from atlas_sink import cli
-from atlas_sink.config import load_config
-from atlas_sink.pipeline import RawMessage
+from atlas_sink.core.pipeline import RawMessage
+from atlas_sink.runtime.config import load_config
+from atlas_sink.service import cli
 from atlas_sink.targets.local import LocalCatalog
 from bench import faults
 from capture.events import (

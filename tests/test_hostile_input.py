@@ -29,15 +29,15 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_sink import cli
-from atlas_sink.config import SinkConfig, load_config
-from atlas_sink.consumer import SinkConsumer
-from atlas_sink.decode import DecodeError, Decoder
-from atlas_sink.dlq import read_dlq
-from atlas_sink.pipeline import Pipeline, RawMessage
+from atlas_sink.core.decode import DecodeError, Decoder
+from atlas_sink.core.pipeline import Pipeline, RawMessage
+from atlas_sink.core.translate import DEPLOYMENT, MODEL_VERSION, Rules, translate
+from atlas_sink.core.validate import InvalidEvent, Limits, check_event, check_names
+from atlas_sink.kafka.consumer import SinkConsumer
+from atlas_sink.kafka.dlq import read_dlq
+from atlas_sink.runtime.config import SinkConfig, load_config
+from atlas_sink.service import cli
 from atlas_sink.targets.local import LocalCatalog
-from atlas_sink.translate import DEPLOYMENT, MODEL_VERSION, Rules, translate
-from atlas_sink.validate import InvalidEvent, Limits, check_event, check_names
 from capture.config import EmitterConfig
 from capture.contract import current
 from capture.dataschema import data_schema

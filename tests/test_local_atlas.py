@@ -123,8 +123,8 @@ def _shape(category: str, definition: dict[str, Any]) -> dict[str, Any]:
 def test_atlas_holds_the_project_s_definitions_of_its_own_types_as_written(atlas: Atlas) -> None:
     """The local Atlas starts with exactly the types of deploy/atlas/builtin (Atlas's war has
     none), and stores each as the project wrote it: nothing refused, nothing changed."""
-    from atlas_sink.builtin_types import builtin_typedefs
-    from atlas_sink.typedefs import CATEGORIES
+    from atlas_sink.atlas.builtin_types import builtin_typedefs
+    from atlas_sink.atlas.typedefs import CATEGORIES
 
     assert atlas.service is not None  # the session's own: ATLAS_URL's may hold other models
     headers = atlas.get("/api/atlas/v2/types/typedefs/headers")

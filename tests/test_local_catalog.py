@@ -13,21 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from atlas_sink import naming
-from atlas_sink.decode import Decoder
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.pipeline import Pipeline, RawMessage
-from atlas_sink.targets import Rejection, Target, TargetUnavailable
-from atlas_sink.targets.local import (
-    Direction,
-    EntityNotFound,
-    LineageGraph,
-    LocalCatalog,
-    StoredEntity,
-    parse_key,
-)
-from atlas_sink.targets.local import entity_key as key
-from atlas_sink.translate import (
+from atlas_sink.core import naming
+from atlas_sink.core.decode import Decoder
+from atlas_sink.core.entities import Entity, Ref
+from atlas_sink.core.pipeline import Pipeline, RawMessage
+from atlas_sink.core.target import Rejection, Target, TargetUnavailable
+from atlas_sink.core.translate import (
     DATA_SCHEMA,
     DEPLOYMENT,
     FS_PATH,
@@ -40,6 +31,15 @@ from atlas_sink.translate import (
     Rules,
     micros,
 )
+from atlas_sink.targets.local import (
+    Direction,
+    EntityNotFound,
+    LineageGraph,
+    LocalCatalog,
+    StoredEntity,
+    parse_key,
+)
+from atlas_sink.targets.local import entity_key as key
 from capture.events import ModelEvent, ModelUnloaded, Payload, ScoringStats, to_avro
 from capture.framing import single_object_framer
 from tests.conftest import INPUT, OUTPUT, T0, all_payloads, envelope, model_loaded, scoring_stats

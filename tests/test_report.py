@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from atlas_sink.cli import main
-from atlas_sink.decode import Decoder
-from atlas_sink.lineage_picture import render_html, render_svg
-from atlas_sink.pipeline import Pipeline, RawMessage
-from atlas_sink.report import ModelNotFound, build_report, render_text, storage_assessment
-from atlas_sink.targets.atlas_reader import propagation_pending
+from atlas_sink.catalog.atlas_reader import propagation_pending
+from atlas_sink.catalog.lineage_picture import render_html, render_svg
+from atlas_sink.catalog.report import ModelNotFound, build_report, render_text, storage_assessment
+from atlas_sink.core.decode import Decoder
+from atlas_sink.core.pipeline import Pipeline, RawMessage
+from atlas_sink.core.translate import ClassificationRule, Rules
+from atlas_sink.service.cli import main
 from atlas_sink.targets.local import LineageGraph, LocalCatalog, Referrer, StoredEntity
-from atlas_sink.translate import ClassificationRule, Rules
 from capture.dataschema import data_schema
 from capture.events import (
     Envelope,

@@ -34,8 +34,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from atlas_sink import cli
-from atlas_sink.consumer import EXIT_KAFKA, EXIT_TARGET_AUTH
+from atlas_sink.kafka.consumer import EXIT_KAFKA, EXIT_TARGET_AUTH
+from atlas_sink.service import cli
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelIdentity
@@ -394,8 +394,8 @@ def test_emitter_and_sink_connect_with_credentials_and_leak_none(
     logged = sink.rest()
     assert code == cli.EXIT_OK, logged
     assert 'servemeta_sink_dead_letters_total{reason="framing"} 1.0' in metrics
+    from atlas_sink.core.translate import MODEL_VERSION
     from atlas_sink.targets.local import LocalCatalog
-    from atlas_sink.translate import MODEL_VERSION
 
     with LocalCatalog(catalog) as stored:
         version = stored.entity(MODEL_VERSION, "wine.1@sec")

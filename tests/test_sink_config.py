@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from atlas_sink import cli, logs
-from atlas_sink.config import (
+from atlas_sink.runtime import logs
+from atlas_sink.runtime.config import (
     _SECURITY_ENV,
     SETTINGS,
     ConfigError,
     load_config,
     settings_reference,
 )
+from atlas_sink.service import cli
 from capture.config import KafkaSecurity
 
 SECRET = "s3cr3t-Pa55"
@@ -260,7 +261,7 @@ def test_settings_reference_lists_every_variable() -> None:
 
 
 def test_session_timeout_reaches_the_consumer_and_is_bounded() -> None:
-    from atlas_sink.consumer import consumer_config
+    from atlas_sink.kafka.consumer import consumer_config
 
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
     assert consumer_config(config, "g")["session.timeout.ms"] == 45_000  # librdkafka's own

@@ -27,10 +27,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from atlas_sink import cli, logs, naming
-from atlas_sink.config import SinkConfig, load_config
-from atlas_sink.consumer import EXIT_TARGET_AUTH, SinkConsumer, SinkFatal, replay
-from atlas_sink.dlq import (
+from atlas_sink.core import naming
+from atlas_sink.core.entities import Entity, Ref
+from atlas_sink.core.pipeline import DeadLetter
+from atlas_sink.core.target import TargetAuthError, TargetUnavailable, WriteResult
+from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE
+from atlas_sink.core.translate import MODEL, MODEL_VERSION
+from atlas_sink.kafka.consumer import EXIT_TARGET_AUTH, SinkConsumer, SinkFatal, replay
+from atlas_sink.kafka.dlq import (
     ERROR,
     ORIGINAL_OFFSET,
     ORIGINAL_PARTITION,
@@ -41,12 +45,10 @@ from atlas_sink.dlq import (
     read_dlq,
     redrive,
 )
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.pipeline import DeadLetter
-from atlas_sink.targets import TargetAuthError, TargetUnavailable, WriteResult
+from atlas_sink.runtime import logs
+from atlas_sink.runtime.config import SinkConfig, load_config
+from atlas_sink.service import cli
 from atlas_sink.targets.local import LocalCatalog
-from atlas_sink.translate import DEPLOYMENT as DEPLOYMENT_TYPE
-from atlas_sink.translate import MODEL, MODEL_VERSION
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import (

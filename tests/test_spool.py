@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from atlas_sink.decode import Decoder
+from atlas_sink.core.decode import Decoder
 from capture.config import ConfigError, EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelIdentity

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from atlas_sink import naming
-from atlas_sink.builtin_types import builtin_typedefs
-from atlas_sink.coalesce import Coalesced, coalesce, refs_needing_state
-from atlas_sink.entities import (
+from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.typedefs import load_project_typedefs
+from atlas_sink.core import naming
+from atlas_sink.core.coalesce import Coalesced, coalesce, refs_needing_state
+from atlas_sink.core.entities import (
     ATTRIBUTE_TIMES,
     LAST_EVENT_ID,
     LAST_EVENT_TIME,
@@ -26,7 +27,7 @@ from atlas_sink.entities import (
     Ref,
     Update,
 )
-from atlas_sink.translate import (
+from atlas_sink.core.translate import (
     ATLAS_RELATIONSHIPS_WRITTEN,
     ATLAS_TYPES_WRITTEN,
     DATA_SCHEMA,
@@ -47,7 +48,6 @@ from atlas_sink.translate import (
     micros,
     translate,
 )
-from atlas_sink.typedefs import load_project_typedefs
 from capture.dataschema import data_schema
 from capture.events import (
     DataSource,

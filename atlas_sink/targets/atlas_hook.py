@@ -48,14 +48,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from atlas_sink import atlas_json, naming
-from atlas_sink.atlas_json import JsonDict, TypeModel
-from atlas_sink.builtin_types import builtin_typedefs
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.targets import Rejection, TargetUnavailable, WriteResult
+from atlas_sink.atlas import entity_json
+from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.entity_json import JsonDict, TypeModel
+from atlas_sink.atlas.typedefs import load_project_typedefs
+from atlas_sink.core import naming
+from atlas_sink.core.entities import Entity, Ref
+from atlas_sink.core.target import Rejection, TargetUnavailable, WriteResult
+from atlas_sink.core.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE, TRAINING
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
-from atlas_sink.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE, TRAINING
-from atlas_sink.typedefs import load_project_typedefs
 
 log = logging.getLogger("servemeta.sink.atlas_hook")
 
@@ -68,7 +69,7 @@ MAX_MESSAGE_BYTES = 1_000_000
 # .MESSAGE_MAX_LENGTH_BYTES); here it also leaves room for Kafka's record overhead and key.
 ENVELOPE_RESERVE = 512
 
-# Which name component of a type's qualifiedName is the model's name (see atlas_sink.naming).
+# Which name component of a type's qualifiedName is the model's name (see atlas_sink.core.naming).
 _MODEL_COMPONENT = {MODEL: 0, MODEL_VERSION: 0, TRAINING: 0, SCHEMA_CHANGE: 0, DEPLOYMENT: 1}
 
 
@@ -160,10 +161,10 @@ def compressed_parts(raw: bytes, msg_id: str, max_bytes: int = MAX_MESSAGE_BYTES
     limit = max_bytes - ENVELOPE_RESERVE
     encoded = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
     if len(encoded) <= limit:
-        return [atlas_json.dumps(_string_message(encoded, msg_id, 1, 1))]
+        return [entity_json.dumps(_string_message(encoded, msg_id, 1, 1))]
     count = -(-len(encoded) // limit)
     return [
-        atlas_json.dumps(_string_message(encoded[i * limit : (i + 1) * limit], msg_id, i, count))
+        entity_json.dumps(_string_message(encoded[i * limit : (i + 1) * limit], msg_id, i, count))
         for i in range(count)
     ]
 
@@ -192,17 +193,19 @@ def build_messages(
     """Notifications for ``entities``: one or more per key, each under ``max_bytes``."""
     msg_ids = msg_ids or _message_ids()
     limit = max_bytes - ENVELOPE_RESERVE
-    ordered = atlas_json.topological_order(entities)
+    ordered = entity_json.topological_order(entities)
     keys = message_keys(ordered)
     groups: dict[str, list[Entity]] = {}
     for entity in ordered:
         groups.setdefault(keys[entity.ref], []).append(entity)
-    empty = len(atlas_json.dumps(notification([], sender, created_ms, message_type)))
+    empty = len(entity_json.dumps(notification([], sender, created_ms, message_type)))
     messages: list[HookMessage] = []
 
     def emit(key: str, part: list[Entity]) -> None:
-        body = notification(atlas_json.entities_json(part, model), sender, created_ms, message_type)
-        raw = atlas_json.dumps(body)
+        body = notification(
+            entity_json.entities_json(part, model), sender, created_ms, message_type
+        )
+        raw = entity_json.dumps(body)
         refs = tuple(e.ref for e in part)
         if len(raw) <= limit:
             messages.append(HookMessage(key, raw, refs))
@@ -225,7 +228,7 @@ def build_messages(
         part: list[Entity] = []
         size = empty
         for entity in members:
-            entity_bytes = atlas_json.entity_size(entity, model)
+            entity_bytes = entity_json.entity_size(entity, model)
             if part and size + entity_bytes > limit:
                 emit(key, part)
                 part, size = [], empty
@@ -290,7 +293,7 @@ class AtlasHookTarget:
         self.max_message_bytes = max_message_bytes
         self.delivery_timeout = delivery_timeout
         self.sender = Sender.local(user)
-        self.model = atlas_json.type_model(
+        self.model = entity_json.type_model(
             builtin_typedefs(), typedefs if typedefs is not None else load_project_typedefs()
         )
         self._clock = clock

@@ -58,12 +58,9 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from atlas_sink import atlas_json
-from atlas_sink.builtin_types import builtin_typedefs
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.targets import Rejection, TargetAuthError, TargetUnavailable, WriteResult
-from atlas_sink.translate import ATLAS_RELATIONSHIPS_WRITTEN, ATLAS_TYPES_WRITTEN
-from atlas_sink.typedefs import (
+from atlas_sink.atlas import entity_json
+from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.typedefs import (
     MissingBuiltinTypes,
     TypedefConflict,
     load_project_typedefs,
@@ -72,6 +69,9 @@ from atlas_sink.typedefs import (
     plan_typedefs,
     type_names,
 )
+from atlas_sink.core.entities import Entity, Ref
+from atlas_sink.core.target import Rejection, TargetAuthError, TargetUnavailable, WriteResult
+from atlas_sink.core.translate import ATLAS_RELATIONSHIPS_WRITTEN, ATLAS_TYPES_WRITTEN
 
 log = logging.getLogger("servemeta.sink.atlas_rest")
 
@@ -296,7 +296,7 @@ class AtlasRestTarget:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.typedefs = dict(typedefs) if typedefs is not None else load_project_typedefs()
-        self.model = atlas_json.type_model(builtin_typedefs(), self.typedefs)
+        self.model = entity_json.type_model(builtin_typedefs(), self.typedefs)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._classified = _LruSet(classification_cache)
@@ -413,7 +413,7 @@ class AtlasRestTarget:
         writable = [e for e in entities if e.ref not in result.rejected]
         created: set[Ref] = set()
         try:
-            for batch in self._batches(atlas_json.topological_order(writable)):
+            for batch in self._batches(entity_json.topological_order(writable)):
                 self._write_batch(batch, result, created)
         except TargetUnavailable:
             # A classification type deleted since it was confirmed makes Atlas 2.1 answer a bare
@@ -579,7 +579,7 @@ class AtlasRestTarget:
         batch: list[Entity] = []
         size = 0
         for entity in entities:
-            entity_bytes = atlas_json.entity_size(entity, self.model)
+            entity_bytes = entity_json.entity_size(entity, self.model)
             if batch and (
                 len(batch) >= self.batch_size or size + entity_bytes > self.max_batch_bytes
             ):
@@ -594,7 +594,7 @@ class AtlasRestTarget:
         answer = self._request(
             "POST",
             "/entity/bulk",
-            body=atlas_json.bulk_request(batch, self.model),
+            body=entity_json.bulk_request(batch, self.model),
             what=f"writing {len(batch)} entities",
         )
         result.requests += 1
@@ -690,7 +690,7 @@ class AtlasRestTarget:
                 answer = self._request(
                     "POST",
                     f"/entity/guid/{_segment(guid)}/classifications",
-                    body=atlas_json.classifications_json(missing),
+                    body=entity_json.classifications_json(missing),
                     what=what,
                 )
                 result.requests += 1
@@ -744,7 +744,7 @@ class AtlasRestTarget:
                     )
                 for entity in document.get("entities") or []:
                     attributes = entity.get("attributes") or {}
-                    qualified_name = attributes.get(atlas_json.QUALIFIED_NAME)
+                    qualified_name = attributes.get(entity_json.QUALIFIED_NAME)
                     if entity.get("status") == "DELETED" or qualified_name not in wanted:
                         continue
                     entity["attributes"] = attributes
@@ -789,7 +789,7 @@ class AtlasRestTarget:
         """One call with retries. Returns OK and REJECT answers; raises on AUTH and when the
         retries are used up."""
         url = f"{self.base_url}{API}{path}"
-        data = atlas_json.dumps(body) if body is not None else None
+        data = entity_json.dumps(body) if body is not None else None
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -866,7 +866,7 @@ def _created(batch: Sequence[Entity], response: Any) -> set[Ref]:
     assignments = response.get("guidAssignments") or {}
     mutated = response.get("mutatedEntities") or {}
     created_guids = {h.get("guid") for h in mutated.get("CREATE") or []}
-    placeholders = atlas_json.placeholder_guids(batch)
+    placeholders = entity_json.placeholder_guids(batch)
     return {
         ref
         for ref, placeholder in placeholders.items()

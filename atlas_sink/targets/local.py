@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from atlas_sink.builtin_types import builtin_typedefs
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.targets import Rejection, TargetUnavailable, WriteResult
-from atlas_sink.typedefs import load_project_typedefs, typedefs_path
+from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.typedefs import load_project_typedefs, typedefs_path
+from atlas_sink.core.entities import Entity, Ref
+from atlas_sink.core.target import Rejection, TargetUnavailable, WriteResult
 
 PROCESS = "Process"
 DATASET = "DataSet"

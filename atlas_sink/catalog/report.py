@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from atlas_sink import naming
-from atlas_sink.entities import Ref
+from atlas_sink.core import naming
+from atlas_sink.core.entities import Ref
+from atlas_sink.core.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE
 from atlas_sink.targets.local import LineageGraph, Referrer, StoredEntity
-from atlas_sink.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE
 
 Direction = Literal["INPUT", "OUTPUT", "BOTH"]
 

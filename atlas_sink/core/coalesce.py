@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from atlas_sink.entities import Entity, EntityState, Ref, Update
+from atlas_sink.core.entities import Entity, EntityState, Ref, Update
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from atlas_sink.entities import Update
+from atlas_sink.core.entities import Update
 from capture.events import DataSchema, ModelEvent, ModelLoaded, SchemaChanged, ScoringStats
 from capture.typecheck import has_control_characters
 

@@ -22,15 +22,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from atlas_sink import __version__, naming
-from atlas_sink.config import ConfigError, SinkConfig, load_config
-from atlas_sink.dlq import DlqUnavailable
-from atlas_sink.targets import Target, TargetAuthError, TargetUnavailable
-from atlas_sink.translate import MODEL, MODEL_VERSION
-from atlas_sink.typedefs import TypedefConflict
+from atlas_sink import __version__
+from atlas_sink.atlas.typedefs import TypedefConflict
+from atlas_sink.core import naming
+from atlas_sink.core.target import Target, TargetAuthError, TargetUnavailable
+from atlas_sink.core.translate import MODEL, MODEL_VERSION
+from atlas_sink.kafka.dlq import DlqUnavailable
+from atlas_sink.runtime.config import ConfigError, SinkConfig, load_config
 
 if TYPE_CHECKING:  # imported when used, so that --help stays quick
-    from atlas_sink.pipeline import Pipeline
+    from atlas_sink.core.pipeline import Pipeline
 
 log = logging.getLogger("servemeta.sink.cli")
 
@@ -82,9 +83,9 @@ def build_target(config: SinkConfig) -> Target:
 def pipeline_factory(config: SinkConfig, target: Target) -> Callable[[], Pipeline]:
     """Pipelines with fresh caches around one target and one decoder (the decoder's
     schema caches stay valid across rebalances; the pipeline's entity caches do not)."""
-    from atlas_sink.decode import Decoder
-    from atlas_sink.pipeline import Pipeline
-    from atlas_sink.validate import Limits
+    from atlas_sink.core.decode import Decoder
+    from atlas_sink.core.pipeline import Pipeline
+    from atlas_sink.core.validate import Limits
 
     registry = None
     if config.registry_url:
@@ -155,9 +156,9 @@ class _Stopper:
 
 
 def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
-    from atlas_sink.consumer import SinkConsumer, retry_unavailable
-    from atlas_sink.metrics import Health, MetricsServer, SinkMetrics
-    from atlas_sink.pipeline import tune_gc_for_streaming
+    from atlas_sink.core.pipeline import tune_gc_for_streaming
+    from atlas_sink.kafka.consumer import SinkConsumer, retry_unavailable
+    from atlas_sink.runtime.metrics import Health, MetricsServer, SinkMetrics
 
     config.require_kafka()
     tune_gc_for_streaming()
@@ -209,8 +210,8 @@ def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
 
 
 def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
-    from atlas_sink.consumer import replay
-    from atlas_sink.pipeline import tune_gc_for_streaming
+    from atlas_sink.core.pipeline import tune_gc_for_streaming
+    from atlas_sink.kafka.consumer import replay
 
     config.require_kafka()
     tune_gc_for_streaming()
@@ -340,9 +341,9 @@ def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
-    from atlas_sink.lineage_picture import render_html
-    from atlas_sink.report import CatalogReader, ModelNotFound, build_report, render_text
-    from atlas_sink.targets.atlas_reader import AtlasCatalog
+    from atlas_sink.catalog.atlas_reader import AtlasCatalog
+    from atlas_sink.catalog.lineage_picture import render_html
+    from atlas_sink.catalog.report import CatalogReader, ModelNotFound, build_report, render_text
     from atlas_sink.targets.atlas_rest import AtlasRestTarget
     from atlas_sink.targets.local import LocalCatalog
 
@@ -446,7 +447,7 @@ def render_lineage(graph: dict[str, Any]) -> str:
 
 
 def cmd_dlq_list(config: SinkConfig, args: argparse.Namespace) -> int:
-    from atlas_sink.dlq import read_dlq
+    from atlas_sink.kafka.dlq import read_dlq
 
     config.require_kafka()
     stopper = _Stopper(config.shutdown_timeout_seconds).install()
@@ -476,7 +477,7 @@ def cmd_dlq_list(config: SinkConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_redrive(config: SinkConfig, args: argparse.Namespace) -> int:
-    from atlas_sink.dlq import redrive
+    from atlas_sink.kafka.dlq import redrive
 
     config.require_kafka()
     stopper = _Stopper(config.shutdown_timeout_seconds).install()
@@ -644,8 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from atlas_sink import logs
-    from atlas_sink.consumer import SinkFatal
+    from atlas_sink.kafka.consumer import SinkFatal
+    from atlas_sink.runtime import logs
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from atlas_sink.pipeline import BatchOutcome
+from atlas_sink.core.pipeline import BatchOutcome
 
 log = logging.getLogger("servemeta.sink.metrics")
 

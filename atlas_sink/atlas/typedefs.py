@@ -30,7 +30,7 @@ TYPEDEFS_FILE = "servemeta_typedefs.json"
 # a symlink like capture/schemas, listed in the package data.
 PACKAGED_DIR = "atlas_types"
 # Where a source checkout has it.
-SOURCE_PATH = Path(__file__).resolve().parents[1] / "deploy" / "atlas" / TYPEDEFS_FILE
+SOURCE_PATH = Path(__file__).resolve().parents[2] / "deploy" / "atlas" / TYPEDEFS_FILE
 
 # The sections of an AtlasTypesDef, in the order Atlas resolves them.
 CATEGORIES = (

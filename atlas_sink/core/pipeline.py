@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from atlas_sink.coalesce import coalesce, refs_needing_state
-from atlas_sink.decode import DecodeError, Decoder
-from atlas_sink.entities import (
+from atlas_sink.core.coalesce import coalesce, refs_needing_state
+from atlas_sink.core.decode import DecodeError, Decoder
+from atlas_sink.core.entities import (
     ATTRIBUTE_TIMES,
     LAST_EVENT_ID,
     LAST_EVENT_TIME,
@@ -29,9 +29,9 @@ from atlas_sink.entities import (
     Ref,
     Update,
 )
-from atlas_sink.targets import Target
-from atlas_sink.translate import DEPLOYMENT, DEPLOYMENT_TOTALS, Rules, translate
-from atlas_sink.validate import InvalidEvent, Limits, check_event, check_names, check_size
+from atlas_sink.core.target import Target
+from atlas_sink.core.translate import DEPLOYMENT, DEPLOYMENT_TOTALS, Rules, translate
+from atlas_sink.core.validate import InvalidEvent, Limits, check_event, check_names, check_size
 from capture.events import ModelEvent
 
 K = TypeVar("K")

@@ -19,8 +19,8 @@ from datetime import datetime
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from atlas_sink import naming
-from atlas_sink.entities import EventKey, Ref, Update
+from atlas_sink.core import naming
+from atlas_sink.core.entities import EventKey, Ref, Update
 from capture.events import (
     DataSchema,
     DataSource,

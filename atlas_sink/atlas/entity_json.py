@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from atlas_sink.entities import Entity, Ref
-from atlas_sink.typedefs import CATEGORIES
+from atlas_sink.atlas.typedefs import CATEGORIES
+from atlas_sink.core.entities import Entity, Ref
 
 JsonDict = dict[str, Any]
 

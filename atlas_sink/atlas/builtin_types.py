@@ -37,10 +37,10 @@ from typing import Any
 
 import yaml
 
-from atlas_sink.typedefs import PACKAGED_DIR, TypesDef, normalized
+from atlas_sink.atlas.typedefs import PACKAGED_DIR, TypesDef, normalized
 
 BUILTIN_DIR = "builtin"
-SOURCE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "atlas" / BUILTIN_DIR
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "atlas" / BUILTIN_DIR
 
 _SECTIONS = ("service", "enums", "structs", "entities", "relationships")
 _CATEGORIES = ("ASSOCIATION", "AGGREGATION", "COMPOSITION")

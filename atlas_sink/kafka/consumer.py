@@ -41,12 +41,12 @@ from confluent_kafka import (
 )
 
 from atlas_sink import __version__
-from atlas_sink.config import SinkConfig
-from atlas_sink.dlq import DeadLetterProducer, header_list, position
-from atlas_sink.logs import throttled
-from atlas_sink.metrics import Health, SinkMetrics
-from atlas_sink.pipeline import BatchOutcome, DeadLetter, Pipeline, RawMessage
-from atlas_sink.targets import TargetAuthError, TargetUnavailable
+from atlas_sink.core.pipeline import BatchOutcome, DeadLetter, Pipeline, RawMessage
+from atlas_sink.core.target import TargetAuthError, TargetUnavailable
+from atlas_sink.kafka.dlq import DeadLetterProducer, header_list, position
+from atlas_sink.runtime.config import SinkConfig
+from atlas_sink.runtime.logs import throttled
+from atlas_sink.runtime.metrics import Health, SinkMetrics
 
 log = logging.getLogger("servemeta.sink.consumer")
 # What librdkafka reports (its log lines and error callbacks), once per kind per 30 s.

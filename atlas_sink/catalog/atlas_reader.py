@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from atlas_sink.entities import Ref
+from atlas_sink.core.entities import Ref
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from atlas_sink.targets.local import (
     LineageGraph,

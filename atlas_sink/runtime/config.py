@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from atlas_sink.translate import ClassificationRule, Rules
+from atlas_sink.core.translate import ClassificationRule, Rules
 from capture.config import DEFAULT_TOPIC, ConfigError, KafkaSecurity, secret_from_env
 
 __all__ = [
