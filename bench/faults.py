@@ -20,7 +20,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -36,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: python bench/faults.py
@@ -62,7 +61,9 @@ from capture.events import (  # noqa: E402
     ScoringStats,
     Training,
 )
+from local_services import harness  # noqa: E402
 
+T = TypeVar("T")
 CLUSTER = "faults"
 # librdkafka's default is 45 s: a killed sink's restarted self would wait that long for its
 # partitions (the group waits for the dead member). The broker's minimum is 6 s.
@@ -89,53 +90,8 @@ def note(message: str) -> None:
 # -- Kafka helpers -----------------------------------------------------------------------------
 
 
-def create_topics(bootstrap: str, topic: str, partitions: int) -> None:
-    """``topic`` and its dead-letter topic."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [
-        NewTopic(t, num_partitions=partitions, replication_factor=1) for t in (topic, dlq(topic))
-    ]
-    for future in admin.create_topics(new).values():
-        future.result(30)
-
-
 def dlq(topic: str) -> str:
     return f"{topic}.dlq"
-
-
-class Offsets:
-    """End offsets of a topic and what a consumer group committed, without joining it."""
-
-    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        self.topic = topic
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-        )
-        metadata = self._consumer.list_topics(topic, timeout=10)
-        self.partitions = [
-            TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)
-        ]
-
-    def ends(self) -> dict[int, int]:
-        return {
-            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=10)[1]
-            for tp in self.partitions
-        }
-
-    def committed(self) -> dict[int, int]:
-        found = self._consumer.committed(self.partitions, timeout=10)
-        return {tp.partition: max(tp.offset, 0) for tp in found}
-
-    def lag(self) -> int:
-        ends, committed = self.ends(), self.committed()
-        return sum(ends[p] - committed[p] for p in ends)
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[bytes, bytes]]:
@@ -176,17 +132,6 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[
         return out
     finally:
         consumer.close()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float = 0.1) -> float:
-    """Poll ``check`` until it holds; the seconds it took. Raises at the deadline."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        threading.Event().wait(every)
-    return time.monotonic() - started
 
 
 # -- the workload ------------------------------------------------------------------------------
@@ -372,26 +317,18 @@ class Workload:
 
 def sink_env(bootstrap: str, topic: str, group: str, catalog: Path, **extra: str) -> dict[str, str]:
     # Nothing of the caller's sink or Atlas settings leaks in: this sink is exactly this.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SINK_", "ATLAS_", "KAFKA_", "SCHEMA_REGISTRY"))
-    }
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "SINK_TOPICS": topic,
-            "SINK_DLQ_TOPIC": dlq(topic),
-            "SINK_GROUP_ID": group,
-            "SINK_TARGET": "local",
-            "SINK_CATALOG_PATH": str(catalog),
-            "SINK_METRICS_PORT": "0",
+    return harness.sink_environment(
+        bootstrap,
+        topic,
+        group=group,
+        dlq_topic=dlq(topic),
+        catalog=catalog,
+        settings={
             "SINK_SESSION_TIMEOUT_SECONDS": str(SESSION_TIMEOUT_SECONDS),
             "SINK_BATCH_MAX_WAIT_SECONDS": "0.3",
-        }
+            **extra,
+        },
     )
-    env.update(extra)
-    return env
 
 
 class SinkProcess:
@@ -442,16 +379,19 @@ class SinkProcess:
         state = "running" if code is None else f"exited with {code}"
         return f"sink pid {self.pid} {state}; last log lines:\n" + "\n".join(self.tail)
 
-    def wait(self, what: str, check: Callable[[], bool], timeout: float) -> float:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"waiting for {what}: {self.why()}")
-            return check()
-
-        try:
-            return wait_for(what, ready, timeout)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}: {self.why()}") from None
+    def wait(
+        self,
+        what: str,
+        probe: Callable[[], T],
+        timeout: float,
+        *,
+        until: Callable[[T], object] = bool,
+    ) -> float:
+        """``harness.wait_for`` while this sink runs (its death ends the wait); the seconds it
+        took, which are figures of RELIABILITY.md."""
+        began = time.monotonic()
+        harness.wait_for(what, probe, timeout, until=until, context=self.why, process=self.proc)
+        return time.monotonic() - began
 
     def wait_assigned(self, timeout: float = 60.0) -> float:
         """Seconds from the start until the group gave it partitions."""
@@ -499,14 +439,10 @@ class SinkProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, and the exit code (the sink leaves the group and commits nothing more)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RuntimeError(f"the sink did not stop within {timeout} s: {self.why()}") from None
+        code = harness.stop_process(self.proc, timeout)
         self._reader.join(5)
+        if code is None:
+            raise RuntimeError(f"the sink did not stop within {timeout} s: {self.why()}")
         return code
 
 
@@ -564,9 +500,9 @@ def totals(path: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 def reference(bootstrap: str, topic: str, path: Path) -> dict[str, Any]:
     """One uninterrupted replay of the whole topic into a fresh catalog file."""
-    from atlas_sink.kafka.consumer import replay
+    from atlas_sink.kafka.replay import replay
     from atlas_sink.runtime.config import load_config
-    from atlas_sink.service import cli
+    from atlas_sink.service import wiring
     from atlas_sink.targets.local import LocalCatalog
 
     config = load_config(
@@ -581,7 +517,7 @@ def reference(bootstrap: str, topic: str, path: Path) -> dict[str, Any]:
     )
     with LocalCatalog(path) as catalog:
         catalog.ensure_types()
-        result = replay(config, cli.build_pipeline(config, catalog))
+        result = replay(config, wiring.build_pipeline(config, catalog))
     return result.as_dict()
 
 
@@ -640,11 +576,11 @@ def sigkill_run(
     runs; restart it every time; at the end it must equal the reference exactly."""
     started = time.monotonic()
     topic = f"faults.kill.{uuid.uuid4().hex[:8]}"
-    create_topics(bootstrap, topic, 3)
+    harness.create_topics(bootstrap, [topic, dlq(topic)], partitions=3)
     group = f"faults-kill-{uuid.uuid4().hex[:8]}"
     live = work / "live.sqlite"
     env = sink_env(bootstrap, topic, group, live)
-    offsets = Offsets(bootstrap, topic, group)
+    offsets = harness.GroupOffsets(bootstrap, topic, group)
     rng = random.Random(seed)
     workload = Workload(bootstrap, topic, events, rate).start()
     restarts: list[float] = []
@@ -662,7 +598,9 @@ def sigkill_run(
         sink = SinkProcess(env, work / "sink-final.log")
         restarts.append(sink.wait_assigned(timeout=SESSION_TIMEOUT_SECONDS * 3 + 30))
         expected = workload.join(timeout=events / rate * 3 + 120)
-        catch_up = sink.wait("the backlog to be committed", lambda: offsets.lag() == 0, 300)
+        catch_up = sink.wait(
+            "the backlog to be committed (lag 0)", offsets.lag, 300, until=lambda n: n == 0
+        )
         code = sink.stop()
         if code != 0:
             raise RuntimeError(f"the final sink exited with {code}: {sink.why()}")
@@ -720,11 +658,11 @@ def catalog_outage(
     retry_max_seconds: float,
 ) -> OutageResult:
     topic = f"faults.outage.{uuid.uuid4().hex[:8]}"
-    create_topics(bootstrap, topic, 3)
+    harness.create_topics(bootstrap, [topic, dlq(topic)], partitions=3)
     group = f"faults-outage-{uuid.uuid4().hex[:8]}"
     live = work / "live.sqlite"
     env = sink_env(bootstrap, topic, group, live, SINK_RETRY_MAX_SECONDS=str(retry_max_seconds))
-    offsets = Offsets(bootstrap, topic, group)
+    offsets = harness.GroupOffsets(bootstrap, topic, group)
     workload = Workload(bootstrap, topic, events, rate).start()
     sink = SinkProcess(env, work / "sink.log")
     try:
@@ -732,8 +670,9 @@ def catalog_outage(
         # Working normally first: a quarter of the events in and committed.
         sink.wait(
             "a first part committed",
-            lambda: sum(offsets.committed().values()) >= events // 4,
+            lambda: sum(offsets.committed().values()),
             events / rate + 60,
+            until=lambda count: count >= events // 4,
         )
         rss_before = sink.rss_kib()
         samples = [rss_before]
@@ -765,7 +704,7 @@ def catalog_outage(
         )
         catch_up = time.monotonic() - released
         expected = workload.join(timeout=events / rate * 3 + 120)
-        sink.wait("everything committed", lambda: offsets.lag() == 0, 300)
+        sink.wait("everything committed (lag 0)", offsets.lag, 300, until=lambda n: n == 0)
         code = sink.stop()
         if code != 0:
             raise RuntimeError(f"the sink exited with {code}: {sink.why()}")
@@ -921,7 +860,7 @@ def broker_restart(
     from atlas_sink.core.decode import Decoder
 
     topic = f"faults.broker.{'spool' if spool else 'plain'}.{uuid.uuid4().hex[:8]}"
-    create_topics(broker.address, topic, 3)
+    harness.create_topics(broker.address, [topic, dlq(topic)], partitions=3)
     spool_dir = work / f"spool-{uuid.uuid4().hex[:6]}" if spool else None
     config = EmitterConfig(
         bootstrap_servers=broker.address,
@@ -948,7 +887,7 @@ def broker_restart(
     start_seconds = broker.start()
     recovery = _Recovery(second)
     calls += server.serve(after_seconds, calls, recovery)
-    wait_for("the events to be delivered", lambda: second.flush(1.0), 120)
+    harness.wait_for("the events to be delivered", lambda: second.flush(1.0), 120)
     recovery(second.stats())
     second.close()
     finished.append(second.stats())
@@ -1009,11 +948,11 @@ def scale_out(bootstrap: str, work: Path, *, events: int, rate: float) -> ScaleR
     started = time.monotonic()
     partitions = 6
     topic = f"faults.scale.{uuid.uuid4().hex[:8]}"
-    create_topics(bootstrap, topic, partitions)
+    harness.create_topics(bootstrap, [topic, dlq(topic)], partitions=partitions)
     group = f"faults-scale-{uuid.uuid4().hex[:8]}"
     live = work / "live.sqlite"
     env = sink_env(bootstrap, topic, group, live)
-    offsets = Offsets(bootstrap, topic, group)
+    offsets = harness.GroupOffsets(bootstrap, topic, group)
     workload = Workload(bootstrap, topic, events, rate).start()
     sinks: dict[str, SinkProcess] = {}
 
@@ -1023,25 +962,32 @@ def scale_out(bootstrap: str, work: Path, *, events: int, rate: float) -> ScaleR
     def running() -> list[SinkProcess]:
         return [s for s in sinks.values() if s.proc.poll() is None]
 
-    def progressed(fraction: float) -> Callable[[], bool]:
-        return lambda: sum(offsets.committed().values()) >= events * fraction
+    def committed() -> int:
+        return sum(offsets.committed().values())
+
+    def progressed(fraction: float) -> Callable[[int], bool]:
+        return lambda count: count >= events * fraction
 
     try:
         sinks["first"] = SinkProcess(env, work / "sink-first.log")
         sinks["first"].wait_assigned()
-        sinks["first"].wait("a fifth committed", progressed(0.2), events / rate + 60)
+        sinks["first"].wait(
+            "a fifth committed", committed, events / rate + 60, until=progressed(0.2)
+        )
         for name in ("second", "third"):
             sinks[name] = SinkProcess(env, work / f"sink-{name}.log")
             sinks[name].wait_assigned()
-            wait_for("every partition owned", lambda: owned() == partitions, 60)
+            harness.wait_for("every partition owned", owned, 60, until=lambda n: n == partitions)
             note(f"{name} sink joined: {[len(s.assignments) for s in sinks.values()]}")
-        sinks["third"].wait("three fifths committed", progressed(0.6), events / rate + 60)
+        sinks["third"].wait(
+            "three fifths committed", committed, events / rate + 60, until=progressed(0.6)
+        )
         code = sinks["second"].stop()
         if code != 0:
             raise RuntimeError(f"the second sink exited with {code}")
-        wait_for("its partitions taken over", lambda: owned() == partitions, 60)
+        harness.wait_for("its partitions taken over", owned, 60, until=lambda n: n == partitions)
         expected = workload.join(timeout=events / rate * 3 + 120)
-        wait_for("everything committed", lambda: offsets.lag() == 0, 300)
+        harness.wait_for("everything committed (lag 0)", offsets.lag, 300, until=lambda n: n == 0)
         for name, sink in sinks.items():
             if sink.proc.poll() is None and sink.stop() != 0:
                 raise RuntimeError(f"the {name} sink failed: {sink.why()}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,22 +18,20 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from bench.common import Figure, kafka_bootstrap, realistic_scoring_stats
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelIdentity
+from local_services import harness
 
 BATCH = 500
 
 
 def _fill(bootstrap: str, topic: str, events: int, deployments: int) -> None:
     """``events`` ScoringStats over ``deployments`` servers (one model each), via the emitter."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    harness.create_topics(bootstrap, [topic], partitions=3)
     emitters = [
         Emitter(
             EmitterConfig(bootstrap_servers=bootstrap, topic=topic, queue_size=events + 1),
@@ -64,21 +61,6 @@ def _fill(bootstrap: str, topic: str, events: int, deployments: int) -> None:
             raise RuntimeError("the benchmark's events were not delivered")
 
 
-def _consumer(bootstrap: str, topic: str) -> Any:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    return consumer
-
-
 def _floor(bootstrap: str, topic: str, events: int) -> float:
     """Seconds to consume and decode every message with confluent-kafka and fastavro alone."""
     from fastavro import schemaless_reader
@@ -86,7 +68,7 @@ def _floor(bootstrap: str, topic: str, events: int) -> float:
     from capture import contract
 
     parsed = contract.current().parsed
-    consumer = _consumer(bootstrap, topic)
+    consumer = harness.topic_reader(bootstrap, [topic], prefix="bench")
     seen = 0
     started = None
     while seen < events:
@@ -96,7 +78,7 @@ def _floor(bootstrap: str, topic: str, events: int) -> float:
         for message in batch:
             if message.error():
                 continue
-            schemaless_reader(io.BytesIO(message.value()[10:]), parsed, None)
+            schemaless_reader(io.BytesIO(cast(bytes, message.value())[10:]), parsed, None)
             seen += 1
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
@@ -106,15 +88,16 @@ def _floor(bootstrap: str, topic: str, events: int) -> float:
 def _pipeline(bootstrap: str, topic: str, events: int) -> tuple[float, dict[str, int]]:
     """Seconds of the sink's own per-event work (target time excluded), and write counts."""
     from atlas_sink.core.decode import Decoder
-    from atlas_sink.core.pipeline import Pipeline, RawMessage
+    from atlas_sink.core.pipeline import Pipeline
     from atlas_sink.core.translate import Rules
+    from atlas_sink.kafka.client import raw_message
     from atlas_sink.targets.local import LocalCatalog
 
     with tempfile.TemporaryDirectory() as tmp:
         catalog = LocalCatalog(Path(tmp) / "bench.sqlite")
         catalog.ensure_types()
         pipeline = Pipeline(catalog, Decoder(), Rules())
-        consumer = _consumer(bootstrap, topic)
+        consumer = harness.topic_reader(bootstrap, [topic], prefix="bench")
         seen = 0
         started = None
         target_seconds = 0.0
@@ -123,11 +106,8 @@ def _pipeline(bootstrap: str, topic: str, events: int) -> tuple[float, dict[str,
             batch = consumer.consume(BATCH, 1.0)
             if started is None and batch:
                 started = time.perf_counter()
-            raw = [
-                RawMessage(m.topic(), m.partition(), m.offset(), m.value(), m.key())
-                for m in batch
-                if not m.error()
-            ]
+            # The sink's own conversion of a consumed message, as its live loop does it.
+            raw = [raw_message(m) for m in batch if not m.error()]
             if not raw:
                 continue
             outcome = pipeline.process(raw)
@@ -186,13 +166,8 @@ def _peak_rss_of_replay(bootstrap: str, topic: str, events: int) -> tuple[int, i
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "SINK_TOPICS": topic,
-            "SINK_METRICS_PORT": "0",
-            "SINK_LOG_LEVEL": "WARNING",
-        }
+        # Nothing of a shell's sink settings: the figure is of the defaults.
+        env = harness.sink_environment(bootstrap, topic, settings={"SINK_LOG_LEVEL": "WARNING"})
         command = [
             sys.executable,
             "-m",

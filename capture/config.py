@@ -78,10 +78,13 @@ class KafkaSecurity:
 
 
 def secret_from_env(env: Mapping[str, str], name: str) -> str | None:
-    """``NAME`` itself, or the contents of the file named by ``NAME_FILE``."""
+    """``NAME`` itself, or the contents of the file named by ``NAME_FILE``; both set is refused,
+    since which one wins would be a guess."""
+    path = env.get(f"{name}_FILE")
+    if env.get(name) and path:
+        raise ConfigError(f"both {name} and {name}_FILE are set: expected one of them; unset one")
     if env.get(name):
         return env[name]
-    path = env.get(f"{name}_FILE")
     if not path:
         return None
     try:

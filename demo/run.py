@@ -34,9 +34,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from capture.config import DEFAULT_TOPIC, KafkaSecurity
+from local_services import harness
 
 if TYPE_CHECKING:  # imported when a service is started: --help stays quick
     from local_services.process import ManagedService
@@ -45,6 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = REPO / ".run" / "demo"
 MODEL_NAME = "wine-classifier"
 LOG_TAIL_LINES = 30
+# The user's connection settings, forwarded to every child; ATLAS_URL and SINK_* are not.
+_FORWARDED = ("KAFKA_", "SCHEMA_REGISTRY_", "ATLAS_USER", "ATLAS_PASSWORD")
+T = TypeVar("T")
 
 
 class StepFailed(Exception):
@@ -192,45 +196,47 @@ class Component:
             )
 
     def stop(self, timeout: float) -> int | None:
-        """SIGTERM, then SIGKILL to its process group after ``timeout``; the exit code, or
-        None when it had to be killed."""
-        proc = self.proc
-        if proc is None:
+        """The exit code after SIGTERM, or None when it had to be killed after ``timeout``."""
+        if self.proc is None:
             return None
         try:
-            if proc.poll() is not None:
-                return proc.returncode
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return None
+            return harness.stop_process(self.proc, timeout)
         finally:
             self.pid_file.unlink(missing_ok=True)
 
 
 def wait_for(
     what: str,
-    check: Callable[[], bool],
-    deadline: float,
+    check: Callable[[], T],
+    timeout: float,
     *,
+    until: Callable[[T], object] = bool,
     component: Component | None = None,
     interval: float = 0.25,
     hint: str = "",
-) -> None:
-    """Poll ``check`` until it holds; fail at ``deadline`` or when ``component`` exits."""
-    while not check():
-        if component is not None:
-            component.check(f"the demo waited for {what}")
-        if time.monotonic() >= deadline:
-            raise StepFailed(
-                f"timed out waiting for {what}{'; ' + hint if hint else ''}",
-                component.log if component else None,
-            )
-        time.sleep(interval)
+) -> T:
+    """``harness.wait_for`` as a step of the demo: it fails as soon as ``component`` exits, and
+    with that component's log to show."""
+    try:
+        return harness.wait_for(
+            what,
+            check,
+            timeout,
+            interval,
+            until=until,
+            process=component.proc if component is not None else None,
+        )
+    except harness.ChildExited as exc:
+        assert component is not None
+        raise StepFailed(
+            f"the {component.name} exited with code {exc.returncode} while the demo waited for "
+            f"{what}",
+            component.log,
+        ) from None
+    except harness.WaitTimeout as exc:
+        raise StepFailed(
+            f"{exc}{'; ' + hint if hint else ''}", component.log if component else None
+        ) from None
 
 
 # -- Kafka helpers -----------------------------------------------------------------------------
@@ -257,46 +263,6 @@ def check_broker(bootstrap: str, timeout: float = 15.0) -> None:
         ) from None
 
 
-def create_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> list[str]:
-    """Create the topics that do not exist yet; the names of those created."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(kafka_config(bootstrap))
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
-    )
-    created = []
-    for topic, future in futures.items():
-        try:
-            future.result(30)
-            created.append(topic)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise StepFailed(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from None
-    return created
-
-
-def group_lag(bootstrap: str, group: str, topic: str) -> int:
-    """Messages of ``topic`` not yet committed by consumer group ``group``."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**kafka_config(bootstrap), "group.id": group, "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
-        lag = 0
-        for tp in consumer.committed(partitions, timeout=10):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=10
-            )
-            done = tp.offset if tp.offset >= 0 else low  # negative: nothing committed yet
-            lag += max(high - done, 0)
-        return lag
-    finally:
-        consumer.close()
-
-
 def message_count(bootstrap: str, topic: str) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -312,11 +278,11 @@ def message_count(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-# -- the pipeline: sink, server, traffic ------------------------------------------------------
+# -- the run: sink, server, traffic -----------------------------------------------------------
 
 
 @dataclass
-class PipelineResult:
+class DemoRunResult:
     sink_env: dict[str, str]
     requests_sent: int = 0
     requests_malformed: int = 0
@@ -333,30 +299,28 @@ def sink_environment(
     registry_url: str | None = None,
     atlas: tuple[str, str | None, str | None] | None = None,
 ) -> dict[str, str]:
-    """The sink's settings, as ``python -m atlas_sink`` reads them (``config`` shows them)."""
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "SINK_TOPICS": options.events_topic,
-        "SINK_DLQ_TOPIC": options.dlq_topic,
-        "SINK_GROUP_ID": options.sink_group,
-        "SINK_BATCH_MAX_WAIT_SECONDS": "0.5",
-        # Any free port: a sink the user runs elsewhere may hold the default 9464.
-        "SINK_METRICS_HOST": "127.0.0.1",
-        "SINK_METRICS_PORT": "0",
-    }
-    if registry_url:
-        env["SCHEMA_REGISTRY_URL"] = registry_url
-    if atlas is None:
-        env["SINK_TARGET"] = "local"
-        env["SINK_CATALOG_PATH"] = str(options.catalog_path)
-    else:
-        url, user, password = atlas
-        env["SINK_TARGET"] = "atlas-rest"
-        env["ATLAS_URL"] = url
-        if user and password:
-            env["ATLAS_USERNAME"] = user
-            env["ATLAS_PASSWORD"] = password
-    return env
+    """The sink's settings alone, as ``python -m atlas_sink`` reads them (``config`` shows
+    them); they go on top of ``base_environment()``."""
+    url, user, password = atlas if atlas is not None else (None, None, None)
+    return harness.sink_environment(
+        bootstrap,
+        options.events_topic,
+        group=options.sink_group,
+        dlq_topic=options.dlq_topic,
+        catalog=options.catalog_path if atlas is None else None,
+        atlas_url=url,
+        atlas_auth=(user, password) if user and password else None,
+        registry_url=registry_url or None,
+        base={},
+        settings={"SINK_BATCH_MAX_WAIT_SECONDS": "0.5"},
+    )
+
+
+def base_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the sink, the server and the report inherit: ``base`` (this process's environment)
+    without a shell's sink settings, but with the user's connection settings (a secured
+    broker's, a registry's or Atlas's credentials), which the demo's own clients use too."""
+    return harness.child_environment(base, keep=_FORWARDED)
 
 
 def _metrics_url(log: Path) -> str | None:
@@ -388,8 +352,9 @@ def _last_line(log: Path, marker: str) -> str:
     return ""
 
 
-class Pipeline:
-    """The sink and the server as subprocesses, and the traffic in this process."""
+class DemoRun:
+    """The sink and the server as subprocesses, and the traffic in this process: the demo's
+    processes around atlas_sink.core.pipeline.Pipeline, which runs inside the sink."""
 
     def __init__(
         self,
@@ -402,11 +367,9 @@ class Pipeline:
         self.options = options
         self.bootstrap = bootstrap
         self.progress = progress
-        self.result = PipelineResult(sink_env=dict(sink_env))
-        base = dict(os.environ if base_env is None else base_env)
+        self.result = DemoRunResult(sink_env=dict(sink_env))
         # The server and the sink must see only the settings made here, not a shell's leftovers.
-        for name in ("SINK_CONFIG_FILE", "SINK_CATALOG_PATH", "SINK_TARGET", "ATLAS_URL"):
-            base.pop(name, None)
+        base = base_environment(base_env)
         self.base_env = base
         self.sink = Component(
             "sink",
@@ -459,7 +422,7 @@ class Pipeline:
             options.work_dir / "server.pid",
         )
 
-    def run(self) -> PipelineResult:
+    def run(self) -> DemoRunResult:
         """Sink up, server up, traffic, drain, both stopped. Stops both on any failure."""
         try:
             self.start_sink()
@@ -481,7 +444,6 @@ class Pipeline:
         with self.progress.step("sink start"):
             began = time.monotonic()
             self.sink.start()
-            deadline = time.monotonic() + o.start_timeout
             url: list[str] = []
 
             def ready() -> bool:
@@ -495,7 +457,7 @@ class Pipeline:
             wait_for(
                 "the sink to be ready (/readyz)",
                 ready,
-                deadline,
+                o.start_timeout,
                 component=self.sink,
                 hint="is the target reachable? see the sink's log",
             )
@@ -513,7 +475,7 @@ class Pipeline:
             wait_for(
                 "the server to load its model and join its consumer group",
                 self.ready_file.exists,
-                time.monotonic() + o.start_timeout,
+                o.start_timeout,
                 component=self.server,
             )
         loaded = _last_line(self.server.log, "version 1 loaded")
@@ -589,13 +551,17 @@ class Pipeline:
     ) -> None:
         """Wait until ``group`` has consumed all of ``topic``, then SIGTERM the component."""
         with self.progress.step(f"{name} drain and stop"):
-            wait_for(
-                f"the {name} to {work} on {topic}",
-                lambda: group_lag(self.bootstrap, group, topic) == 0,
-                time.monotonic() + self.options.drain_timeout,
-                component=component,
-                interval=0.5,
-            )
+            with harness.GroupOffsets(
+                self.bootstrap, topic, group, client=kafka_config(self.bootstrap)
+            ) as offsets:
+                wait_for(
+                    f"the {name} to {work} on {topic} (lag 0)",
+                    offsets.lag,
+                    self.options.drain_timeout,
+                    until=lambda lag: lag == 0,
+                    component=component,
+                    interval=0.5,
+                )
             code = component.stop(timeout=30.0)
         if code != 0:
             raise StepFailed(
@@ -780,8 +746,7 @@ def show_report(
     """Print the model's report (``report`` when the sink has it, else ``lineage``); the path of
     the lineage picture when one was written, and whether the report's output named it."""
     commands = sink_commands()
-    env = {**base_env, **sink_env}
-    env.pop("SINK_CONFIG_FILE", None)
+    env = {**base_environment(base_env), **sink_env}
     on_atlas = sink_env.get("SINK_TARGET") != "local"
     candidates = [c for c in ("report", "lineage") if c in commands]
     if not candidates:
@@ -864,27 +829,31 @@ def run_demo(
     raises on the first signal only leaves the clean-up alone."""
     prepare_work_dir(options)
     services = Services()
-    pipeline: Pipeline | None = None
+    demo_run: DemoRun | None = None
     try:
         start_services(options, progress, services)
         with progress.step("topics"):
-            created = create_topics(
-                services.bootstrap,
-                [
-                    options.input_topic,
-                    options.output_topic,
-                    options.events_topic,
-                    options.dlq_topic,
-                ],
-            )
+            try:
+                created = harness.create_topics(
+                    services.bootstrap,
+                    [
+                        options.input_topic,
+                        options.output_topic,
+                        options.events_topic,
+                        options.dlq_topic,
+                    ],
+                    client=kafka_config(services.bootstrap),
+                )
+            except harness.TopicError as exc:
+                raise StepFailed(str(exc)) from None
         progress.line(f"topics: {', '.join(created) or 'all'} {'created' if created else 'exist'}")
         sink_env = sink_environment(
             options, services.bootstrap, registry_url=services.registry_url, atlas=services.atlas
         )
-        pipeline = Pipeline(options, services.bootstrap, progress, sink_env)
-        pipeline.run()
+        demo_run = DemoRun(options, services.bootstrap, progress, sink_env)
+        demo_run.run()
         with progress.step("report"):
-            picture, mentioned = show_report(options, sink_env, pipeline.base_env, progress)
+            picture, mentioned = show_report(options, sink_env, demo_run.base_env, progress)
         if services.atlas is None:
             print(f"catalog: {options.catalog_path} (SINK_CATALOG_PATH for atlas-sink commands)")
         else:
@@ -898,8 +867,8 @@ def run_demo(
     finally:
         if stopping is not None:
             stopping.set()
-        if pipeline is not None:
-            pipeline.abort()
+        if demo_run is not None:
+            demo_run.abort()
         if options.keep_services and services.started:
             for service in services.started:
                 progress.line(

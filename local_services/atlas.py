@@ -63,6 +63,7 @@ from local_services.fetch import (
     run_maven,
     write_marker,
 )
+from local_services.harness import TopicError, create_topics
 from local_services.kafka import PropertyValue, render_properties
 from local_services.process import (
     LOOPBACK,
@@ -412,7 +413,6 @@ class AtlasService(ManagedService):
     def _create_topics(self, bootstrap: str) -> None:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
-        from confluent_kafka.cimpl import NewTopic
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
         try:
@@ -426,17 +426,10 @@ class AtlasService(ManagedService):
         wanted = [t for t in dict.fromkeys((self.hook_topic, ENTITIES_TOPIC)) if t not in existing]
         if not wanted:
             return
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=1, replication_factor=1) for topic in wanted]
-        )
-        for topic, future in futures.items():
-            try:
-                future.result(30)
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise ServiceError(
-                        f"could not create topic {topic} on {bootstrap}: {exc}"
-                    ) from exc
+        try:
+            create_topics(bootstrap, wanted, partitions=1)
+        except TopicError as exc:
+            raise ServiceError(str(exc)) from exc
 
     def _rendered_models(self) -> Path:
         """The built-in types as Atlas model files in the cache, rendered once per content."""

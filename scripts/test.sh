@@ -12,6 +12,8 @@ ruff check .
 ruff format --check .
 echo "== mypy"
 mypy
+echo "== import-linter (the sink's layers)"
+lint-imports
 echo "== pytest"
 set +e
 python -m pytest -m "not slow" "$@"

@@ -1,25 +1,34 @@
 """Real services for integration tests: named by the environment, else the project's own,
-else testcontainers where a Docker engine runs."""
+else testcontainers where a Docker engine runs; and what the tests do with them (topics of
+their own, a sink stepped in-process or run as a subprocess), on local_services.harness."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from local_services import harness
 
 if TYPE_CHECKING:
     from local_services.atlas import AtlasService
+    from local_services.process import ManagedService
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE = REPO / ".run" / "tests"
+T = TypeVar("T")
 
 
 def _test_state() -> Path:
@@ -36,6 +45,21 @@ def _docker_engine() -> bool:
 
 
 @contextmanager
+def _project_service(kind: Callable[[Path], ManagedService], name: str) -> Iterator[str]:
+    """The project's own server in a state dir of its own: concurrent test sessions never stop
+    each other's. The dir goes once the server is stopped; one that failed to start keeps its
+    logs there."""
+    state = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_test_state()))
+    service = kind(state)
+    address = service.start().address
+    try:
+        yield address
+    finally:
+        service.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
 def kafka() -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
@@ -45,14 +69,8 @@ def kafka() -> Iterator[str]:
     except ImportError:
         local_kafka = None  # type: ignore[assignment]
     if local_kafka is not None and shutil.which("java"):
-        # A state dir per test session: concurrent sessions never stop each other's broker.
-        state = Path(tempfile.mkdtemp(prefix="kafka-", dir=_test_state()))
-        started = local_kafka.start(state)
-        try:
-            yield started.address
-        finally:
-            local_kafka.stop(state)
-            shutil.rmtree(state, ignore_errors=True)
+        with _project_service(local_kafka.KafkaService, "kafka") as address:
+            yield address
         return
     if _docker_engine():  # pragma: no cover - no Docker engine on the CI machine
         from testcontainers.kafka import KafkaContainer
@@ -72,15 +90,10 @@ def registry() -> Iterator[str]:
         yield os.environ["SCHEMA_REGISTRY_URL"]
         return
     if shutil.which("java"):
-        from local_services import registry as local_registry
+        from local_services.registry import RegistryService
 
-        state = Path(tempfile.mkdtemp(prefix="registry-", dir=_test_state()))
-        started = local_registry.start(state)
-        try:
-            yield started.address
-        finally:
-            local_registry.stop(state)
-            shutil.rmtree(state, ignore_errors=True)
+        with _project_service(RegistryService, "registry") as address:
+            yield address
         return
     raise RuntimeError(  # pragma: no cover
         "no schema registry: set SCHEMA_REGISTRY_URL or install Java for the project's own"
@@ -163,47 +176,140 @@ def unique_topic(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class Topics:
+    """A test's events topic and its dead-letter topic, both of its own."""
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-    )
-    futures[topic].result(30)
+    events: str
+    dlq: str
 
 
-def consume(
-    bootstrap: str,
-    topic: str,
-    count: int,
-    timeout: float = 30.0,
-    stop: Callable[[list[Any]], bool] | None = None,
-) -> list[Any]:
+def new_topics(bootstrap: str, prefix: str) -> Topics:
+    events = unique_topic(prefix)
+    topics = Topics(events, f"{events}.dlq")
+    harness.create_topics(bootstrap, [topics.events, topics.dlq])
+    return topics
+
+
+def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
     """Read ``count`` messages from the beginning of ``topic`` (or fail at the deadline)."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = harness.topic_reader(bootstrap, [topic], prefix="test")
     messages: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(messages) < count and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
+
+    def read() -> int:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
             messages.append(message)
-            if stop is not None and stop(messages):
-                break
+        return len(messages)
+
+    try:
+        # poll() is the pause between tries.
+        harness.wait_for(
+            f"{count} messages on {topic}", read, timeout, 0, until=lambda n: n >= count
+        )
     finally:
         consumer.close()
-    if len(messages) < count:
-        raise AssertionError(f"expected {count} messages on {topic}, got {len(messages)}")
     return messages
+
+
+class _Stepped(Protocol):
+    """An in-process sink (atlas_sink's SinkConsumer), as far as waiting on it goes."""
+
+    @property
+    def totals(self) -> object: ...
+
+    def step(self) -> object: ...
+
+
+def step_until(
+    sinks: _Stepped | Sequence[_Stepped], until: Callable[[], object], timeout: float = 20.0
+) -> None:
+    """Step in-process sinks until ``until()`` holds. Each step consumes with a timeout of its
+    own, so the steps are the pause between tries; the failure shows every sink's totals."""
+    group = list(sinks) if isinstance(sinks, Sequence) else [sinks]
+
+    def step() -> None:
+        for sink in group:
+            sink.step()
+
+    harness.wait_for(
+        "the sink's condition",
+        until,
+        timeout,
+        between=step,
+        context=lambda: "totals " + ", ".join(str(s.totals) for s in group),
+    )
+
+
+class SinkProcess:
+    """``python -m atlas_sink`` with ``env`` on a clean environment (nothing of this machine's
+    own sink settings), its stderr read on a thread as it comes: a full pipe would block the
+    sink, and a wait takes the next log line as its pause."""
+
+    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ("run",)) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "atlas_sink", *args],
+            cwd=REPO,
+            env={**harness.child_environment(), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr or []:
+            self.lines.put(line)
+
+    def next_line(self, timeout: float) -> str | None:
+        try:
+            line = self.lines.get(timeout=max(timeout, 0.001))
+        except queue.Empty:
+            return None
+        self.seen.append(line)
+        return line
+
+    def rest(self) -> str:
+        """Everything it logged (all of it once it has exited)."""
+        self._reader.join(5)
+        while self.next_line(0) is not None:
+            pass
+        return "".join(self.seen)
+
+    def wait_for(
+        self,
+        what: str,
+        probe: Callable[[], T],
+        timeout: float,
+        *,
+        until: Callable[[T], object] = bool,
+    ) -> T:
+        """``harness.wait_for`` that fails at once, with the log, when the sink exits."""
+        return harness.wait_for(
+            what,
+            probe,
+            timeout,
+            until=until,
+            between=lambda: self.next_line(0.05),
+            context=self.rest,
+            process=self.proc,
+        )
+
+    def metrics_url(self, timeout: float) -> str:
+        """The address of /metrics, which the sink logs once it serves them."""
+
+        def logged() -> str:
+            for line in self.seen:
+                if "serving /metrics" in line:
+                    return str(json.loads(line)["url"])
+            return ""
+
+        return self.wait_for("the sink to log its metrics address", logged, timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        return harness.stop_process(self.proc, timeout)

@@ -10,6 +10,7 @@ the session fixture ``kafka_bootstrap`` provides it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -19,7 +20,6 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 
 from atlas_sink.core import naming
 from atlas_sink.core.coalesce import coalesce, refs_needing_state
@@ -28,6 +28,7 @@ from atlas_sink.core.target import TargetUnavailable
 from atlas_sink.core.translate import MODEL_VERSION, Rules, translate
 from atlas_sink.targets.atlas_hook import AtlasHookTarget
 from capture.events import ModelEvent
+from local_services import harness
 from tests.conftest import all_payloads, envelope
 
 pytestmark = pytest.mark.integration
@@ -68,24 +69,23 @@ def topic() -> str:
 
 def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
     """Every message of ``topic``: polls until ``expected`` arrived, then briefly for extras."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = harness.topic_reader(bootstrap, [topic], prefix="test")
     received: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(received) < expected and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
+
+    def read() -> int:
+        message = consumer.poll(0.5)
+        if message is not None:
             assert message.error() is None, message.error()
             received.append(message)
+        return len(received)
+
+    try:
+        # Short of ``expected`` at the deadline: the count assertion below says by how many.
+        with contextlib.suppress(harness.WaitTimeout):
+            harness.wait_for(
+                f"{expected} messages on {topic}", read, timeout, 0, until=lambda n: n >= expected
+            )
+        # Then a second more, to catch messages beyond those expected.
         extra_deadline = time.monotonic() + 1.0
         while time.monotonic() < extra_deadline:
             message = consumer.poll(0.2)

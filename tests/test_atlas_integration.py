@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,6 +32,7 @@ import pytest
 import requests
 from confluent_kafka import KafkaError, Message, Producer
 
+from atlas_sink.atlas.client import AtlasClient
 from atlas_sink.atlas.typedefs import load_project_typedefs, type_names
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Entity
@@ -48,7 +48,7 @@ from atlas_sink.core.translate import (
     SCHEMA_CHANGE,
     TRAINING,
 )
-from atlas_sink.kafka.consumer import ReplayResult, SinkConsumer, replay
+from atlas_sink.kafka.consumer import SinkConsumer
 from atlas_sink.kafka.dlq import (
     ERROR,
     ORIGINAL_OFFSET,
@@ -57,10 +57,11 @@ from atlas_sink.kafka.dlq import (
     header_list,
     read_dlq,
 )
-from atlas_sink.runtime import logs
+from atlas_sink.kafka.replay import ReplayResult, replay
+from atlas_sink.runtime import exit_codes, logs
 from atlas_sink.runtime.config import SinkConfig, load_config
 from atlas_sink.runtime.metrics import Health, MetricsServer, SinkMetrics
-from atlas_sink.service import cli
+from atlas_sink.service import cli, wiring
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from capture.dataschema import data_schema
 from capture.events import (
@@ -78,9 +79,10 @@ from capture.events import (
 )
 from capture.events import Producer as EventProducer
 from capture.framing import single_object_framer
+from local_services import harness
 from tests import services
 from tests.conftest import INPUT, OUTPUT, model_loaded
-from tests.services import AtlasServer
+from tests.services import AtlasServer, Topics
 
 pytestmark = pytest.mark.atlas
 
@@ -195,39 +197,24 @@ class RecordingSession(requests.Session):
         return [call for call in self.calls if call[0] != "GET"]
 
 
-def rest_target(server: AtlasServer, **kwargs: Any) -> AtlasRestTarget:
-    return AtlasRestTarget(server.url, server.auth, **kwargs)
+def rest_target(
+    server: AtlasServer, typedefs: dict[str, Any] | None = None, **client_options: Any
+) -> AtlasRestTarget:
+    return AtlasRestTarget(
+        AtlasClient(server.url, server.auth, **client_options), typedefs=typedefs
+    )
 
 
 def poll(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    """``check()`` until it returns something true (returned), or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not so within {timeout:.0f} s; last: {result!r}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
+    """``check()``'s first true value; the pause grows to 1 s, since every try asks Atlas."""
+    return harness.wait_for(what, check, timeout, 0.1, max_interval=1.0)
 
 
 # -- events on Kafka, the sink -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Topics:
-    events: str
-    dlq: str
-
-
 def new_topics(bootstrap: str) -> Topics:
-    events = services.unique_topic("atlas-it")
-    topics = Topics(events, f"{events}.dlq")
-    services.create_topic(bootstrap, topics.events)
-    services.create_topic(bootstrap, topics.dlq)
-    return topics
+    return services.new_topics(bootstrap, "atlas-it")
 
 
 def new_cluster(prefix: str) -> str:
@@ -413,18 +400,15 @@ def produce(bootstrap: str, topic: str, events: Sequence[ModelEvent]) -> None:
 
 def start_sink(config: SinkConfig) -> SinkConsumer:
     """The sink as ``atlas-sink run`` wires it: the CLI's target, types registered."""
-    target = cli.build_target(config)
+    target = wiring.build_target(config)
     target.ensure_types()
-    sink = SinkConsumer(config, cli.pipeline_factory(config, target))
+    sink = SinkConsumer(config, wiring.pipeline_factory(config, target))
     sink.start()
     return sink
 
 
 def step_until(sink: SinkConsumer, until: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"condition not reached; totals {sink.totals}"
-        sink.step()
+    services.step_until(sink, until, timeout)
 
 
 def run_sink(config: SinkConfig, committed: int) -> SinkConsumer:
@@ -440,9 +424,9 @@ def run_sink(config: SinkConfig, committed: int) -> SinkConsumer:
 
 def replay_all(config: SinkConfig) -> ReplayResult:
     """A replay from the beginning with a fresh group and fresh caches (library API)."""
-    target = cli.build_target(config)
+    target = wiring.build_target(config)
     try:
-        return replay(config, cli.build_pipeline(config, target))
+        return replay(config, wiring.build_pipeline(config, target))
     finally:
         target.close()
 
@@ -556,9 +540,10 @@ def assert_becomes(
 ) -> None:
     """``found()`` equals ``expected`` before the deadline (classification propagation is
     asynchronous in some Atlas versions), else fail naming what differs."""
-    deadline = time.monotonic() + DEADLINE
-    while (current := found()) != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
+    try:
+        current = harness.wait_for(str(what), found, DEADLINE, 0.5, until=expected.__eq__)
+    except harness.WaitTimeout as timeout:
+        current = timeout.last  # type: ignore[assignment]
     assert_same(current, expected, what)
 
 
@@ -834,7 +819,7 @@ def test_lineage_runs_from_training_data_to_the_output_topic(
     monkeypatch.setenv("ATLAS_PASSWORD", atlas.server.auth[1])
     capsys.readouterr()
     code = cli.main(["lineage", "wine", "--target", "atlas-rest", "--cluster", demo.cluster])
-    assert code == cli.EXIT_OK
+    assert code == exit_codes.EXIT_OK
     text = capsys.readouterr().out
     upstream, downstream = text.split("downstream:")
     assert upstream.startswith(f"{MODEL_VERSION} {demo.version} (wine 1)")
@@ -896,7 +881,7 @@ def test_the_governance_report_reads_atlas(
     code = cli.main(
         ["report", "wine", "--target", "atlas-rest", "--cluster", demo.cluster, "--json"]
     )
-    assert code == cli.EXIT_OK
+    assert code == exit_codes.EXIT_OK
     report = json.loads(capsys.readouterr().out)
     assert report["version"]["qualifiedName"] == demo.version
     assert [s["qualifiedName"] for s in report["training"]["sources"]] == [demo.source]
@@ -949,16 +934,15 @@ def test_search_by_type_and_by_classification_finds_the_demo_model(
     # Every entity of the demo, by one search over the cluster's names.
     assert in_cluster(atlas, demo.cluster) == sorted(f"{t}:{q}" for t, q in demo.refs())
 
-    # The sink's own search, as `atlas-sink lineage` uses it (free text on the model's name).
-    target = rest_target(atlas_server)
+    # The sink's own search (free text on the model's name), page after page.
+    client = AtlasClient(atlas_server.url, atlas_server.auth)
     try:
-        answer = target.search(type_name=MODEL, query="wine", attributes=["latestVersion"])
+        found = list(
+            client.search_all(MODEL, query="wine", attributes=["latestVersion"], page_size=2)
+        )
     finally:
-        target.close()
-    models = {
-        e["attributes"]["qualifiedName"]: e["attributes"].get("latestVersion")
-        for e in answer["entities"]
-    }
+        client.close()
+    models = {e["attributes"]["qualifiedName"]: e["attributes"].get("latestVersion") for e in found}
     assert models[naming.model("wine", demo.cluster)] == "1"
 
 
@@ -976,21 +960,21 @@ def test_a_replay_of_the_topics_changes_no_entity(
 
     # `atlas-sink replay` with the live sink's settings: a fresh group, fresh caches.
     config = rest_run.config
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap_servers or "",
-        "SINK_TOPICS": ",".join(config.topics),
-        "SINK_DLQ_TOPIC": config.dlq_topic,
-        "SINK_GROUP_ID": config.group_id,
-        "ATLAS_URL": atlas.url,
-        "ATLAS_USERNAME": atlas.server.auth[0],
-        "ATLAS_PASSWORD": atlas.server.auth[1],
-        "SINK_CLASSIFICATION_RULES": json.dumps(PII_RULES),
-    }
+    env = harness.sink_environment(
+        config.kafka_bootstrap_servers or "",
+        config.topics,
+        group=config.group_id,
+        dlq_topic=config.dlq_topic,
+        atlas_url=atlas.url,
+        atlas_auth=atlas.server.auth,
+        base={},
+        settings={"SINK_CLASSIFICATION_RULES": json.dumps(PII_RULES)},
+    )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     capsys.readouterr()
     code = cli.main(["replay", "--from-beginning", "--target", "atlas-rest", "--json"])
-    assert code == cli.EXIT_OK
+    assert code == exit_codes.EXIT_OK
     counts = json.loads(capsys.readouterr().out)
     assert counts["messages"] == len(demo.events)
     assert counts["decoded"] == len(demo.events)
@@ -1005,7 +989,7 @@ def test_a_replay_of_the_topics_changes_no_entity(
 
     # A second consumer group over the same topics, with the library API: the same.
     second = replay_all(config)
-    assert (second.messages, second.dead_letters) == (len(demo.events), {})
+    assert (second.consumed, second.dead_lettered) == (len(demo.events), {})
     assert {ref: stable(atlas.must(*ref)) for ref in demo.refs()} == before
 
 
@@ -1147,7 +1131,7 @@ def test_a_500_is_retried_and_the_classification_checked_again(
         atlas_server, session=session, max_retries=2, backoff_base=0.05, backoff_max=0.1
     )
     try:
-        assert target.classification_problems([name]) == {}  # confirmed, and remembered
+        assert target._classifications.problems([name]) == {}  # confirmed, and remembered
         deleted = atlas.session.delete(f"{atlas.url}{API}/types/typedef/name/{name}", timeout=30)
         assert deleted.status_code == 204, deleted.text
         topic = f"ephemeral-{uuid.uuid4().hex[:8]}"
@@ -1207,12 +1191,12 @@ def test_atlas_stopped_mid_run_pauses_the_sink_which_then_catches_up(
     during.events = demo_events(during.cluster)
     topics = new_topics(kafka_bootstrap)
     config = sink_config(atlas_server, kafka_bootstrap, topics, retry_max_seconds=2.0)
-    target = cli.build_target(config)
+    target = wiring.build_target(config)
     target.ensure_types()
     metrics, health = SinkMetrics(), Health()
     server = MetricsServer(metrics, health, "127.0.0.1", 0).start()
     sink = SinkConsumer(
-        config, cli.pipeline_factory(config, target), metrics=metrics, health=health
+        config, wiring.pipeline_factory(config, target), metrics=metrics, health=health
     )
     sink.start()
 
@@ -1284,7 +1268,7 @@ def test_atlas_stopped_mid_run_pauses_the_sink_which_then_catches_up(
     # The restart wiped what came before it; a replay of the topic writes it all again.
     assert atlas.entity(MODEL_VERSION, before.version) is None
     result = replay_all(config)
-    assert (result.messages, result.dead_letters) == (len(before.events) + len(during.events), {})
+    assert (result.consumed, result.dead_lettered) == (len(before.events) + len(during.events), {})
     for ref in before.refs():
         assert_becomes(
             functools.partial(portable_of, atlas, ref, before),

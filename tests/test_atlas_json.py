@@ -17,13 +17,13 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atlas_sink.atlas import entity_json
 from atlas_sink.atlas.builtin_types import builtin_typedefs, load_model_files
+from atlas_sink.atlas.client import AtlasClient, Verdict, classify, parse_error
 from atlas_sink.atlas.typedefs import (
     CATEGORIES,
     TypedefPlan,
@@ -43,13 +43,7 @@ from atlas_sink.targets.atlas_hook import (
     compressed_parts,
     message_keys,
 )
-from atlas_sink.targets.atlas_rest import (
-    AtlasRestTarget,
-    Verdict,
-    classify,
-    credentials_from_env,
-    parse_error,
-)
+from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from capture.events import ModelEvent
 from tests.conftest import all_payloads, envelope
 
@@ -445,36 +439,30 @@ def test_parse_error_reads_atlas_s_body_or_quotes_what_came() -> None:
     assert other.code == "HTTP-502" and other.message == "<html> <body>Bad Gateway</body></html>"
 
 
-def test_credentials_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
-    secret = tmp_path / "password"
-    secret.write_text("s3cret-from-file\n")
-    assert credentials_from_env({}) is None
-    assert credentials_from_env({"ATLAS_USERNAME": "u", "ATLAS_PASSWORD": "p"}) == ("u", "p")
-    found = credentials_from_env({"ATLAS_USERNAME": "u", "ATLAS_PASSWORD_FILE": str(secret)})
-    assert found == ("u", "s3cret-from-file")
-    with pytest.raises(ValueError, match="ATLAS_PASSWORD \\(or ATLAS_PASSWORD_FILE\\) is not set"):
-        credentials_from_env({"ATLAS_USERNAME": "u"})
-    with pytest.raises(ValueError, match="both ATLAS_PASSWORD and ATLAS_PASSWORD_FILE"):
-        credentials_from_env(
-            {"ATLAS_USERNAME": "u", "ATLAS_PASSWORD": "p", "ATLAS_PASSWORD_FILE": str(secret)}
-        )
-
-
 def test_the_password_shows_nowhere() -> None:
-    target = AtlasRestTarget("http://atlas.invalid:21000", ("admin", "hunter2-secret"))
+    client = AtlasClient("http://atlas.invalid:21000", ("admin", "hunter2-secret"))
+    target = AtlasRestTarget(client)
     try:
-        shown = " ".join([repr(target), str(vars(target)), repr(target._session.auth)])
+        shown = " ".join(
+            [
+                repr(target),
+                repr(client),
+                str(vars(target)),
+                str(vars(client)),
+                repr(client._session.auth),
+            ]
+        )
         assert "hunter2-secret" not in shown
         assert "admin" in repr(target)
     finally:
         target.close()
     with pytest.raises(ValueError) as refused:
-        AtlasRestTarget("http://admin:hunter2-secret@atlas:21000", ("a", "b"))
+        AtlasClient("http://admin:hunter2-secret@atlas:21000", ("a", "b"))
     assert "hunter2-secret" not in str(refused.value)
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
-    target = AtlasRestTarget(
+    target = AtlasClient(
         "http://atlas.invalid:21000",
         ("u", "p"),
         backoff_base=1.0,

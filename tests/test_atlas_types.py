@@ -8,7 +8,6 @@ for this module: about a minute on two cores."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import requests
 
 from atlas_sink.atlas.builtin_types import builtin_typedefs
 from atlas_sink.atlas.typedefs import CATEGORIES, load_project_typedefs, type_names
+from local_services import harness
 from tests.services import AtlasServer
 
 pytestmark = pytest.mark.atlas
@@ -34,7 +34,7 @@ CORE_ONLY = ("10-atlas-core", "11-glossary")
 
 def _init_types(server: AtlasServer) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
+        **harness.child_environment(),
         "SINK_TARGET": "atlas-rest",
         "ATLAS_URL": server.url,
         "ATLAS_USERNAME": server.auth[0],

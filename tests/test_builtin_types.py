@@ -54,7 +54,8 @@ ATLAS_ML_AND_FLINK_TYPES = {
 
 
 def _all_documents() -> list[Mapping[str, Any]]:
-    return [m.typedefs for m in load_model_files()] + [load_project_typedefs()]
+    documents: list[Mapping[str, Any]] = [m.typedefs for m in load_model_files()]
+    return [*documents, load_project_typedefs()]
 
 
 def _definitions() -> Iterator[tuple[str, Mapping[str, Any]]]:

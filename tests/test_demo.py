@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atlas_sink.catalog.model import StoredEntity, entity_key
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Ref
 from atlas_sink.core.translate import (
@@ -28,16 +29,15 @@ from atlas_sink.core.translate import (
     SCHEMA_CHANGE,
     TRAINING,
 )
-from atlas_sink.targets.local import LocalCatalog, StoredEntity, entity_key
+from atlas_sink.targets.local import LocalCatalog
 from capture.artifacts import content_digest
 from capture.dataschema import compatibility
 from capture.events import Compatibility, Runtime
 from demo import model as wine
 from demo.run import (
     DemoOptions,
-    Pipeline,
+    DemoRun,
     Progress,
-    create_topics,
     options_from_args,
     picture_option,
     prepare_work_dir,
@@ -47,6 +47,7 @@ from demo.run import (
 from demo.run import build_parser as run_parser
 from demo.server import RequestError, parse_request
 from demo.traffic import MALFORMED_KINDS, FeatureProfile, RequestFactory, planned_count
+from local_services.harness import create_topics
 
 RUNTIME = Runtime(language="python", language_version="3.11", host="test-host")
 
@@ -307,8 +308,8 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
     )
     progress = Progress(out=io.StringIO())
     sink_env = sink_environment(options, kafka_bootstrap)
-    pipeline = Pipeline(options, kafka_bootstrap, progress, sink_env)
-    result = pipeline.run()
+    demo_run = DemoRun(options, kafka_bootstrap, progress, sink_env)
+    result = demo_run.run()
     assert result.requests_sent == 100
     assert result.dead_letters == 0
 
@@ -380,7 +381,7 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
 
     # The driver's last step answers from the same catalog.
     capsys.readouterr()
-    picture, _ = show_report(options, sink_env, pipeline.base_env, progress)
+    picture, _ = show_report(options, sink_env, demo_run.base_env, progress)
     report = capsys.readouterr().out
     assert model in report
     if picture is not None:

@@ -9,7 +9,7 @@ from fastavro import schemaless_writer
 
 from capture import contract
 from capture.encoding import EventEncoder, avro_string, micros, zigzag_long
-from capture.events import ModelEvent, plain, to_avro
+from capture.events import ModelEvent, ModelUnloaded, plain, to_avro
 from tests.conftest import envelope, scoring_stats
 
 
@@ -87,9 +87,7 @@ def test_scoring_stats_with_features_errors_and_extremes() -> None:
     assert encoder.encode(record["envelope"], stats) == reference.getvalue()
 
 
-def _unloaded():  # type: ignore[no-untyped-def]
-    from capture.events import ModelUnloaded
-
+def _unloaded() -> ModelUnloaded:
     return ModelUnloaded(reason="x")
 
 

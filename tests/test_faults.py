@@ -20,7 +20,7 @@ import pytest
 
 from atlas_sink.core.pipeline import RawMessage
 from atlas_sink.runtime.config import load_config
-from atlas_sink.service import cli
+from atlas_sink.service import wiring
 from atlas_sink.targets.local import LocalCatalog
 from bench import faults
 from capture.events import (
@@ -201,7 +201,7 @@ def test_a_schema_shared_by_two_data_sets_does_not_depend_on_the_order_of_models
         path = tmp_path / f"{name}.sqlite"
         with LocalCatalog(path) as catalog:
             catalog.ensure_types()
-            pipeline = cli.build_pipeline(config, catalog)
+            pipeline = wiring.build_pipeline(config, catalog)
             for message in order:  # one batch per partition, as two consumers would
                 assert pipeline.process([message]).dead == []
         dumps.append(faults.dump(path))

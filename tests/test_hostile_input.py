@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +35,7 @@ from atlas_sink.core.validate import InvalidEvent, Limits, check_event, check_na
 from atlas_sink.kafka.consumer import SinkConsumer
 from atlas_sink.kafka.dlq import read_dlq
 from atlas_sink.runtime.config import SinkConfig, load_config
-from atlas_sink.service import cli
+from atlas_sink.service import wiring
 from atlas_sink.targets.local import LocalCatalog
 from capture.config import EmitterConfig
 from capture.contract import current
@@ -66,7 +65,8 @@ from capture.stats import (
     ScoringRecorder,
 )
 from capture.typecheck import EventValueError
-from tests import hostile
+from local_services import harness
+from tests import hostile, services
 from tests.conftest import INPUT, OUTPUT, model_loaded
 
 SEED = 20261128
@@ -202,21 +202,6 @@ class _Sent:
     offset: int
 
 
-def _create_topics(bootstrap: str, *topics: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    # One partition keeps the mix's order; 4 MiB messages let the over-limit ones through.
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                t, num_partitions=1, replication_factor=1, config={"max.message.bytes": "4194304"}
-            )
-            for t in topics
-        ]
-    )
-    for future in futures.values():
-        future.result(30)
-
-
 def _produce(bootstrap: str, topic: str, cases: Sequence[hostile.Case]) -> list[_Sent]:
     producer = Producer(
         {
@@ -270,7 +255,13 @@ def _run_hostile_stream(
     cases = hostile.hostile_messages(malformed, valid, SEED)
     timings["generate"] = time.monotonic() - started
     topic = f"hostile.{uuid.uuid4().hex[:10]}"
-    _create_topics(bootstrap, topic, f"{topic}.dlq")
+    # One partition keeps the mix's order; 4 MiB messages let the over-limit ones through.
+    harness.create_topics(
+        bootstrap,
+        [topic, f"{topic}.dlq"],
+        partitions=1,
+        config={"max.message.bytes": "4194304"},
+    )
     mark = time.monotonic()
     sent = _produce(bootstrap, topic, cases)
     timings["produce"] = time.monotonic() - mark
@@ -288,15 +279,12 @@ def _run_hostile_stream(
     )
     catalog = LocalCatalog(tmp_path / "catalog.sqlite")
     catalog.ensure_types()
-    sink = SinkConsumer(config, cli.pipeline_factory(config, catalog))
+    sink = SinkConsumer(config, wiring.pipeline_factory(config, catalog))
     sink.start()
     mark = time.monotonic()
     try:
-        deadline = mark + deadline_seconds
         # Any exception out of step() is a crash of the sink: the test fails with it.
-        while sink.totals.committed < len(cases):
-            assert time.monotonic() < deadline, f"not done in time; totals {sink.totals}"
-            sink.step()
+        services.step_until(sink, lambda: sink.totals.committed >= len(cases), deadline_seconds)
     finally:
         sink.close()
     timings["sink"] = time.monotonic() - mark
@@ -341,7 +329,7 @@ def _run_hostile_stream(
     mark = time.monotonic()
     reference = LocalCatalog(tmp_path / "reference.sqlite")
     reference.ensure_types()
-    only_valid = cli.pipeline_factory(config, reference)()
+    only_valid = wiring.pipeline_factory(config, reference)()
     for start in range(0, len(good), config.batch_max_messages):
         chunk = good[start : start + config.batch_max_messages]
         outcome = only_valid.process(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from local_services import harness
 from local_services.atlas import AtlasService, credentials_line, password_hash
 from tests.services import AtlasServer
 
@@ -267,22 +268,21 @@ def test_atlas_applies_hook_notifications_from_kafka(atlas: Atlas) -> None:
     )
     assert producer.flush(15) == 0, "the notification was not delivered to Kafka"
 
-    deadline = time.monotonic() + 90
-    while True:
-        read = atlas.entity("kafka_topic", qualified_name)
-        if read.status_code == 200:
-            break
-        assert read.status_code == 404, read.text
-        if time.monotonic() > deadline:
-            failed = (
-                atlas.server.service.log_dir / "atlas-failed.log" if atlas.server.service else None
-            )
-            pytest.fail(
-                f"Atlas did not apply the hook message on {atlas.server.hook_topic} within 90 s; "
-                "failed messages: "
-                f"{failed.read_text() if failed and failed.exists() else 'none logged'}"
-            )
-        time.sleep(0.5)
+    try:
+        read = harness.wait_for(
+            f"Atlas to apply the hook message on {atlas.server.hook_topic}",
+            lambda: atlas.entity("kafka_topic", qualified_name),
+            90,
+            0.5,
+            until=lambda answer: answer.status_code != 404,
+        )
+    except harness.WaitTimeout as exc:
+        failed = atlas.server.service.log_dir / "atlas-failed.log" if atlas.server.service else None
+        pytest.fail(
+            f"{exc}; failed messages: "
+            f"{failed.read_text() if failed and failed.exists() else 'none logged'}"
+        )
+    assert read.status_code == 200, read.text
     entity = read.json()["entity"]
     assert entity["attributes"]["topic"] == topic
     assert entity["createdBy"] == "servemeta-test"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from atlas_sink.catalog.model import Direction, LineageGraph, StoredEntity, parse_key
+from atlas_sink.catalog.model import entity_key as key
 from atlas_sink.core import naming
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.entities import Entity, Ref
@@ -31,15 +33,7 @@ from atlas_sink.core.translate import (
     Rules,
     micros,
 )
-from atlas_sink.targets.local import (
-    Direction,
-    EntityNotFound,
-    LineageGraph,
-    LocalCatalog,
-    StoredEntity,
-    parse_key,
-)
-from atlas_sink.targets.local import entity_key as key
+from atlas_sink.targets.local import EntityNotFound, LocalCatalog
 from capture.events import ModelEvent, ModelUnloaded, Payload, ScoringStats, to_avro
 from capture.framing import single_object_framer
 from tests.conftest import INPUT, OUTPUT, T0, all_payloads, envelope, model_loaded, scoring_stats

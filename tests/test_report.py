@@ -14,12 +14,14 @@ import pytest
 
 from atlas_sink.catalog.atlas_reader import propagation_pending
 from atlas_sink.catalog.lineage_picture import render_html, render_svg
-from atlas_sink.catalog.report import ModelNotFound, build_report, render_text, storage_assessment
+from atlas_sink.catalog.model import LineageGraph, Referrer, StoredEntity
+from atlas_sink.catalog.reader import ModelNotFound
+from atlas_sink.catalog.report import build_report, render_text, storage_assessment
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.pipeline import Pipeline, RawMessage
 from atlas_sink.core.translate import ClassificationRule, Rules
 from atlas_sink.service.cli import main
-from atlas_sink.targets.local import LineageGraph, LocalCatalog, Referrer, StoredEntity
+from atlas_sink.targets.local import LocalCatalog
 from capture.dataschema import data_schema
 from capture.events import (
     Envelope,
@@ -159,7 +161,7 @@ def test_text_report_has_every_section(catalog: LocalCatalog) -> None:
 
 
 def test_unknown_model_and_version_are_clear_errors(catalog: LocalCatalog) -> None:
-    with pytest.raises(ModelNotFound, match=r"no model named 'beer'.*\['wine'\]"):
+    with pytest.raises(ModelNotFound, match=r"no model 'beer' in the catalog.*\['wine'\]"):
         build_report(catalog, "beer")
     with pytest.raises(ModelNotFound, match=r"no version '9'"):
         build_report(catalog, "wine", version="9")
@@ -236,6 +238,9 @@ class _PendingInAtlas:
     def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None:
         found = self.catalog.entity(type_name, qualified_name)
         return None if found is None else self._pending(found)
+
+    def qualified_names(self, type_name: str) -> list[str]:
+        return self.catalog.qualified_names(type_name)
 
     def find(self, *args: Any, **kwargs: Any) -> list[StoredEntity]:
         return [self._pending(e) for e in self.catalog.find(*args, **kwargs)]

@@ -14,33 +14,33 @@ import ipaddress
 import json
 import logging
 import os
-import queue
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
-from atlas_sink.kafka.consumer import EXIT_KAFKA, EXIT_TARGET_AUTH
+from atlas_sink.runtime import exit_codes
+from atlas_sink.runtime.exit_codes import EXIT_KAFKA, EXIT_TARGET_AUTH
 from atlas_sink.service import cli
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelIdentity
+from local_services import harness
 from tests import services
 from tests.conftest import model_loaded
+from tests.services import SinkProcess
 
 pytestmark = pytest.mark.integration
 
@@ -217,84 +217,9 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
 
 def _topics(kafka: SecureKafka) -> tuple[str, str]:
     topic = f"secure.{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": kafka.plaintext})
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=1, replication_factor=1) for t in (topic, f"{topic}.dlq")]
-    )
-    for future in futures.values():
-        future.result(30)
+    # Over the broker's own plaintext listener: the set-up is not what is under test.
+    harness.create_topics(kafka.plaintext, [topic, f"{topic}.dlq"], partitions=1)
     return topic, f"{topic}.dlq"
-
-
-# -- a sink process --------------------------------------------------------------------------------
-
-
-class SinkProcess:
-    """``python -m atlas_sink run`` with the given environment; stderr read on a thread."""
-
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",)) -> None:
-        # Nothing of this machine's own settings: only what the test gives.
-        prefixes = ("KAFKA_", "SINK_", "ATLAS_", "SCHEMA_REGISTRY_")
-        full = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-        full.update(env)
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atlas_sink", *args],
-            cwd=services.REPO,
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def next_line(self, timeout: float) -> str | None:
-        try:
-            line = self.lines.get(timeout=max(timeout, 0.001))
-        except queue.Empty:
-            return None
-        self.seen.append(line)
-        return line
-
-    def wait_for(self, what: str, check: Callable[[], bool], deadline: float) -> None:
-        while not check():
-            assert self.proc.poll() is None, (
-                f"the sink exited while waiting for {what}: {self.rest()}"
-            )
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.rest()}"
-            self.next_line(0.05)
-
-    def metrics_url(self, deadline: float) -> str:
-        while True:
-            assert self.proc.poll() is None, f"the sink exited early: {self.rest()}"
-            assert time.monotonic() < deadline, f"no metrics address logged: {self.rest()}"
-            line = self.next_line(deadline - time.monotonic())
-            if line and "serving /metrics" in line:
-                return str(json.loads(line)["url"])
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-    def rest(self) -> str:
-        self._reader.join(5)
-        while self.next_line(0) is not None:
-            pass
-        return "".join(self.seen)
 
 
 def _get(url: str) -> str:
@@ -369,30 +294,33 @@ def test_emitter_and_sink_connect_with_credentials_and_leak_none(
     catalog = tmp_path / "catalog.sqlite"
     sink_env = secure_kafka.env(
         "sink",  # its password from KAFKA_SASL_PASSWORD_FILE
-        SINK_TOPICS=topic,
-        SINK_DLQ_TOPIC=dlq,
-        SINK_GROUP_ID=f"secure-{uuid.uuid4().hex[:8]}",
-        SINK_CATALOG_PATH=str(catalog),
-        SINK_METRICS_PORT="0",
-        SINK_BATCH_MAX_WAIT_SECONDS="0.3",
+        **harness.sink_environment(
+            secure_kafka.sasl_ssl,
+            topic,
+            group=f"secure-{uuid.uuid4().hex[:8]}",
+            dlq_topic=dlq,
+            catalog=catalog,
+            base={},
+            settings={"SINK_BATCH_MAX_WAIT_SECONDS": "0.3"},
+        ),
     )
     sink = SinkProcess(sink_env)
     try:
         deadline = time.monotonic() + DEADLINE
-        url = sink.metrics_url(deadline)
+        url = sink.metrics_url(DEADLINE)
         sink.wait_for(
             "three committed messages",
             lambda: (
                 _metric(_get(f"{url}/metrics"), "servemeta_sink_commits_total") >= 1
                 and _metric(_get(f"{url}/metrics"), "servemeta_sink_messages_consumed_total") >= 3
             ),
-            deadline,
+            deadline - time.monotonic(),
         )
         metrics = _get(f"{url}/metrics")
     finally:
         code = sink.stop()
     logged = sink.rest()
-    assert code == cli.EXIT_OK, logged
+    assert code == exit_codes.EXIT_OK, logged
     assert 'servemeta_sink_dead_letters_total{reason="framing"} 1.0' in metrics
     from atlas_sink.core.translate import MODEL_VERSION
     from atlas_sink.targets.local import LocalCatalog
@@ -428,7 +356,7 @@ def test_emitter_and_sink_connect_with_credentials_and_leak_none(
     shown = subprocess.run(
         [sys.executable, "-m", "atlas_sink", "config"],
         cwd=services.REPO,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}, **sink_env},
+        env={**harness.child_environment(), **sink_env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -455,11 +383,14 @@ def test_wrong_credentials_stop_the_sink_at_once_without_a_retry_storm(
     env = secure_kafka.env(
         "sink",
         wrong,
-        SINK_TOPICS=topic,
-        SINK_DLQ_TOPIC=dlq,
-        SINK_GROUP_ID=f"secure-{uuid.uuid4().hex[:8]}",
-        SINK_CATALOG_PATH=str(tmp_path / "catalog.sqlite"),
-        SINK_METRICS_PORT="0",
+        **harness.sink_environment(
+            secure_kafka.sasl_ssl,
+            topic,
+            group=f"secure-{uuid.uuid4().hex[:8]}",
+            dlq_topic=dlq,
+            catalog=tmp_path / "catalog.sqlite",
+            base={},
+        ),
     )
     sink = SinkProcess(env)
     try:
@@ -561,8 +492,7 @@ def test_atlas_refusing_the_credentials_stops_the_sink_instead_of_filling_the_dl
 ) -> None:
     """Against the real Atlas: ATLAS_URL's, else the one the project starts for the session."""
     topic = services.unique_topic("atlas-auth")
-    services.create_topic(kafka_bootstrap, topic)
-    services.create_topic(kafka_bootstrap, f"{topic}.dlq")
+    harness.create_topics(kafka_bootstrap, [topic, f"{topic}.dlq"])
     from capture.events import ModelEvent, to_avro
     from capture.framing import single_object_framer
     from tests.conftest import envelope
@@ -573,18 +503,16 @@ def test_atlas_refusing_the_credentials_stops_the_sink_instead_of_filling_the_dl
     producer.produce(topic, value=single_object_framer()(to_avro(event)))
     assert producer.flush(DEADLINE) == 0
     wrong = "wrong-" + secrets.token_hex(8)
-    base = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "SINK_TOPICS": topic,
-        "SINK_DLQ_TOPIC": f"{topic}.dlq",
-        "SINK_GROUP_ID": f"atlas-auth-{uuid.uuid4().hex[:8]}",
-        "SINK_TARGET": "atlas-rest",
-        "ATLAS_URL": atlas_url,
-        "ATLAS_USERNAME": os.environ.get("ATLAS_USERNAME") or "admin",
-        "ATLAS_PASSWORD": wrong,
-        "SINK_METRICS_PORT": "0",
-        "SINK_RETRY_MAX_SECONDS": "1",
-    }
+    base = harness.sink_environment(
+        kafka_bootstrap,
+        topic,
+        group=f"atlas-auth-{uuid.uuid4().hex[:8]}",
+        dlq_topic=f"{topic}.dlq",
+        atlas_url=atlas_url,
+        atlas_auth=(os.environ.get("ATLAS_USERNAME") or "admin", wrong),
+        base={},
+        settings={"SINK_RETRY_MAX_SECONDS": "1"},
+    )
     # Refused when registering the types at start, and (types skipped) when writing a batch.
     for ensure_types in ("true", "false"):
         sink = SinkProcess({**base, "SINK_ENSURE_TYPES": ensure_types})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_sink.runtime import logs
+from atlas_sink.runtime import exit_codes, logs
 from atlas_sink.runtime.config import (
     _SECURITY_ENV,
     SETTINGS,
@@ -189,6 +189,12 @@ def test_json_logs_mask_secrets_and_carry_extras() -> None:
         ({"SINK_DLQ_TOPIC": "servemeta.model-events"}, r"SINK_DLQ_TOPIC .* also in SINK_TOPICS"),
         ({"ATLAS_USERNAME": "admin"}, r"ATLAS_PASSWORD \(or ATLAS_PASSWORD_FILE\) is not"),
         ({"ATLAS_PASSWORD_FILE": "/nonexistent/pw"}, r"ATLAS_PASSWORD_FILE names '/nonexistent"),
+        # Both given: which wins would be a guess (the REST target's own reading of the
+        # environment, gone now, refused this too; the config's silently took the variable).
+        (
+            {"ATLAS_USERNAME": "a", "ATLAS_PASSWORD": "p", "ATLAS_PASSWORD_FILE": "/x"},
+            r"both ATLAS_PASSWORD and ATLAS_PASSWORD_FILE are set",
+        ),
         ({"SINK_LOG_LEVEL": "LOUD"}, r"SINK_LOG_LEVEL"),
         ({"SINK_CLASSIFICATION_RULES": "[{"}, r"SINK_CLASSIFICATION_RULES .* must be JSON"),
         (
@@ -261,7 +267,7 @@ def test_settings_reference_lists_every_variable() -> None:
 
 
 def test_session_timeout_reaches_the_consumer_and_is_bounded() -> None:
-    from atlas_sink.kafka.consumer import consumer_config
+    from atlas_sink.kafka.client import consumer_config
 
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
     assert consumer_config(config, "g")["session.timeout.ms"] == 45_000  # librdkafka's own
@@ -280,7 +286,7 @@ def test_cli_bad_config_exits_2_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SINK_BATCH_MAX_MESSAGES", "0")
-    assert cli.main(["config"]) == cli.EXIT_USAGE
+    assert cli.main(["config"]) == exit_codes.EXIT_USAGE
     assert "SINK_BATCH_MAX_MESSAGES" in capsys.readouterr().err
 
 
@@ -289,7 +295,7 @@ def test_cli_run_without_broker_exits_2(
 ) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.delenv("SINK_CONFIG_FILE", raising=False)
-    assert cli.main(["run"]) == cli.EXIT_USAGE
+    assert cli.main(["run"]) == exit_codes.EXIT_USAGE
     assert "set KAFKA_BOOTSTRAP_SERVERS" in capsys.readouterr().err
     logs.unconfigure()
 
@@ -300,7 +306,7 @@ def test_cli_config_prints_masked_settings(
     monkeypatch.setenv("ATLAS_URL", "http://atlas:21000")
     monkeypatch.setenv("ATLAS_USERNAME", "admin")
     monkeypatch.setenv("ATLAS_PASSWORD", SECRET)
-    assert cli.main(["config"]) == cli.EXIT_OK
+    assert cli.main(["config"]) == exit_codes.EXIT_OK
     out = capsys.readouterr().out
     assert "atlas-rest" in out
     assert SECRET not in out

@@ -9,16 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +28,8 @@ from atlas_sink.core.pipeline import DeadLetter
 from atlas_sink.core.target import TargetAuthError, TargetUnavailable, WriteResult
 from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE
 from atlas_sink.core.translate import MODEL, MODEL_VERSION
-from atlas_sink.kafka.consumer import EXIT_TARGET_AUTH, SinkConsumer, SinkFatal, replay
+from atlas_sink.kafka.client import SinkFatal
+from atlas_sink.kafka.consumer import SinkConsumer
 from atlas_sink.kafka.dlq import (
     ERROR,
     ORIGINAL_OFFSET,
@@ -45,9 +41,11 @@ from atlas_sink.kafka.dlq import (
     read_dlq,
     redrive,
 )
-from atlas_sink.runtime import logs
+from atlas_sink.kafka.replay import replay
+from atlas_sink.runtime import exit_codes, logs
 from atlas_sink.runtime.config import SinkConfig, load_config
-from atlas_sink.service import cli
+from atlas_sink.runtime.exit_codes import EXIT_TARGET_AUTH
+from atlas_sink.service import cli, wiring
 from atlas_sink.targets.local import LocalCatalog
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
@@ -66,8 +64,10 @@ from capture.events import (
     Producer as EventProducer,
 )
 from capture.framing import single_object_framer
+from local_services import harness
 from tests import services
 from tests.conftest import INPUT, OUTPUT, model_loaded
+from tests.services import SinkProcess, Topics, step_until
 
 pytestmark = pytest.mark.integration
 
@@ -91,23 +91,9 @@ def bootstrap() -> Iterator[str]:
         yield address
 
 
-@dataclass(frozen=True)
-class Topics:
-    events: str
-    dlq: str
-
-
-def new_topics(bootstrap: str) -> Topics:
-    events = services.unique_topic("sink-it")
-    topics = Topics(events, f"{events}.dlq")
-    services.create_topic(bootstrap, topics.events)
-    services.create_topic(bootstrap, topics.dlq)
-    return topics
-
-
 @pytest.fixture
 def topics(bootstrap: str) -> Topics:
-    return new_topics(bootstrap)
+    return services.new_topics(bootstrap, "sink-it")
 
 
 def sink_config(bootstrap: str, topics: Topics, **overrides: Any) -> SinkConfig:
@@ -124,14 +110,15 @@ def sink_config(bootstrap: str, topics: Topics, **overrides: Any) -> SinkConfig:
 
 
 def sink_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "SINK_TOPICS": topics.events,
-        "SINK_DLQ_TOPIC": topics.dlq,
-        "SINK_GROUP_ID": f"sink-it-{uuid.uuid4().hex[:8]}",
-        "SINK_BATCH_MAX_WAIT_SECONDS": "0.3",
-        **extra,
-    }
+    """The settings alone: the tests set them in-process or give them to ``SinkProcess``."""
+    return harness.sink_environment(
+        bootstrap,
+        topics.events,
+        group=f"sink-it-{uuid.uuid4().hex[:8]}",
+        dlq_topic=topics.dlq,
+        base={},
+        settings={"SINK_BATCH_MAX_WAIT_SECONDS": "0.3", **extra},
+    )
 
 
 def open_catalog(path: Path, *, with_types: bool = True) -> LocalCatalog:
@@ -142,23 +129,16 @@ def open_catalog(path: Path, *, with_types: bool = True) -> LocalCatalog:
 
 
 def start_sink(config: SinkConfig, target: Any) -> SinkConsumer:
-    sink = SinkConsumer(config, cli.pipeline_factory(config, target))
+    sink = SinkConsumer(config, wiring.pipeline_factory(config, target))
     sink.start()
     return sink
-
-
-def drain(sink: SinkConsumer, until: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"condition not reached; totals {sink.totals}"
-        sink.step()
 
 
 def run_until(config: SinkConfig, target: Any, committed: int) -> SinkConsumer:
     """A sink that consumes until ``committed`` messages are committed, then closes."""
     sink = start_sink(config, target)
     try:
-        drain(sink, lambda: sink.totals.committed >= committed)
+        step_until(sink, lambda: sink.totals.committed >= committed)
     finally:
         sink.close()
     return sink
@@ -324,7 +304,7 @@ def test_emitted_events_become_catalog_entities(
     assert em.stats().delivered == 3  # the open window was sent at close
     config = sink_config(bootstrap, topics)
     path = tmp_path / "catalog.sqlite"
-    assert cli.main(["init-types", "--catalog", str(path)]) == cli.EXIT_OK
+    assert cli.main(["init-types", "--catalog", str(path)]) == exit_codes.EXIT_OK
     catalog = open_catalog(path, with_types=False)
     sink = run_until(config, catalog, committed=3)
 
@@ -348,7 +328,7 @@ def test_emitted_events_become_catalog_entities(
 
     # The CLI answers from the same catalog: upstream training data, downstream topics.
     capsys.readouterr()
-    assert cli.main(["lineage", "wine", "--catalog", str(path)]) == cli.EXIT_OK
+    assert cli.main(["lineage", "wine", "--catalog", str(path)]) == exit_codes.EXIT_OK
     text = capsys.readouterr().out
     upstream, downstream = text.split("downstream:")
     assert "<- servemeta_training wine.1.training@it" in upstream
@@ -358,7 +338,7 @@ def test_emitted_events_become_catalog_entities(
     assert cli.main(["lineage", "wine", "--cluster", "it", "--version", "1", "--json"]) == 0
     graph_json = json.loads(capsys.readouterr().out)
     assert graph_json["baseEntityGuid"] == f"{MODEL_VERSION}:{VERSION_QN}"
-    assert cli.main(["lineage", "nosuch", "--catalog", str(path)]) == cli.EXIT_USAGE
+    assert cli.main(["lineage", "nosuch", "--catalog", str(path)]) == exit_codes.EXIT_USAGE
     assert "no model 'nosuch'" in capsys.readouterr().err
     logs.unconfigure()
 
@@ -384,7 +364,7 @@ def test_duplicates_and_out_of_order_events_do_not_change_the_final_state(
 
     # Newer producer first, every message twice (one producer's own order is Kafka's to keep);
     # batches of two, so duplicates meet in the same batch and across batches.
-    shuffled = new_topics(bootstrap)
+    shuffled = services.new_topics(bootstrap, "sink-it")
     produce(bootstrap, shuffled.events, [b1, a1, b1, b2, a2, a1, a3, b2, a3, a2])
     messy = open_catalog(tmp_path / "messy.sqlite")
     sink = run_until(sink_config(bootstrap, shuffled, batch_max_messages=2), messy, committed=10)
@@ -455,7 +435,7 @@ def test_poison_messages_land_in_the_dlq_with_their_position(
     for name, setting in sink_env(bootstrap, topics).items():
         monkeypatch.setenv(name, setting)
     try:
-        assert cli.main(["dlq", "list", "--json", "--reason", "avro"]) == cli.EXIT_OK
+        assert cli.main(["dlq", "list", "--json", "--reason", "avro"]) == exit_codes.EXIT_OK
     finally:
         logs.unconfigure()
     out = capsys.readouterr()
@@ -494,7 +474,7 @@ def test_replay_into_a_fresh_catalog_equals_the_live_catalog(
         code = cli.main(["replay", "--from-beginning", "--catalog", str(fresh), "--json"])
     finally:
         logs.unconfigure()
-    assert code == cli.EXIT_OK
+    assert code == exit_codes.EXIT_OK
     out = capsys.readouterr()
     counts = json.loads(out.out)
     assert (counts["messages"], counts["decoded"]) == (6, 5)
@@ -507,10 +487,10 @@ def test_replay_into_a_fresh_catalog_equals_the_live_catalog(
     since_catalog = open_catalog(tmp_path / "since.sqlite")
     result = replay(
         config,
-        cli.build_pipeline(config, since_catalog),
+        wiring.build_pipeline(config, since_catalog),
         since=datetime.now(UTC) - timedelta(hours=1),
     )
-    assert (result.messages, result.complete) == (2, True)
+    assert (result.consumed, result.complete) == (2, True)
     assert since_catalog.entity(MODEL_VERSION, naming.model_version("wine", "2", CLUSTER))
     assert since_catalog.entity(MODEL_VERSION, VERSION_QN) is not None  # REPLACED by "2"
 
@@ -540,7 +520,7 @@ def test_a_crash_between_write_and_commit_leaves_no_duplicate(
     first = start_sink(config, catalog)
     monkeypatch.setattr(first, "_commit", crash)
     with pytest.raises(Crash):
-        drain(first, lambda: False)
+        step_until(first, lambda: False)
     first.close()
     written = first.totals.consumed
     assert written >= 1
@@ -575,11 +555,11 @@ def test_target_outage_pauses_and_resumes_without_losing_or_repeating(
     flaky = FlakyTarget(open_catalog(tmp_path / "c.sqlite"), 2, TargetUnavailable("down"))
     sink = start_sink(config, flaky)
     try:
-        drain(sink, lambda: sink.metrics.paused._value.get() == 1)
+        step_until(sink, lambda: sink.metrics.paused._value.get() == 1)
         ready, detail = sink.health.readiness()
         assert not ready and "target unavailable" in " ".join(detail["problems"])
         assert committed_total(bootstrap, config) == 0
-        drain(sink, lambda: sink.totals.committed >= 2)
+        step_until(sink, lambda: sink.totals.committed >= 2)
         assert sink.metrics.paused._value.get() == 0
         assert sink.health.readiness()[0]
     finally:
@@ -598,7 +578,7 @@ def test_refused_credentials_stop_the_sink_without_committing(
     sink = start_sink(config, refusing)
     try:
         with pytest.raises(SinkFatal) as stopped:
-            drain(sink, lambda: False)
+            step_until(sink, lambda: False)
     finally:
         sink.close()
     assert stopped.value.exit_code == EXIT_TARGET_AUTH
@@ -627,13 +607,13 @@ def test_offsets_wait_for_the_dead_letters_to_be_stored(
 
     dlq = FailingOnce(config)
     catalog = open_catalog(tmp_path / "catalog.sqlite")
-    sink = SinkConsumer(config, cli.pipeline_factory(config, catalog), dlq=dlq)
+    sink = SinkConsumer(config, wiring.pipeline_factory(config, catalog), dlq=dlq)
     sink.start()
     try:
-        drain(sink, lambda: dlq.attempts == 1)
+        step_until(sink, lambda: dlq.attempts == 1)
         assert sink.metrics.paused._value.get() == 1
         assert committed_total(bootstrap, config) == 0  # written, but not committed
-        drain(sink, lambda: sink.totals.committed >= 2)
+        step_until(sink, lambda: sink.totals.committed >= 2)
     finally:
         sink.close()
     assert dlq.attempts == 2
@@ -656,7 +636,7 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
     catalog = open_catalog(tmp_path / "catalog.sqlite", with_types=False)
     sink = start_sink(config, catalog)
     try:
-        drain(sink, lambda: sink.totals.committed >= 2)
+        step_until(sink, lambda: sink.totals.committed >= 2)
         assert sink.totals.dead_lettered == {"target_rejected": 2}
         assert catalog.find() == []
 
@@ -669,7 +649,7 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
             2,
             {topics.events: 2},
         )
-        drain(sink, lambda: sink.totals.committed >= 4)
+        step_until(sink, lambda: sink.totals.committed >= 4)
         assert sink.totals.dead_lettered == {"target_rejected": 2}  # none added
         deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
         assert deployment is not None and deployment.attributes["totalRequests"] == 10
@@ -677,7 +657,7 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
         # Re-driving again delivers duplicates, which change nothing.
         before = dump(catalog)
         redrive(config, "target_rejected")
-        drain(sink, lambda: sink.totals.committed >= 6)
+        step_until(sink, lambda: sink.totals.committed >= 6)
         assert dump(catalog) == before
     finally:
         sink.close()
@@ -693,93 +673,40 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-class _Output:
-    """A subprocess's stderr lines, read on a thread as they come."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        for line in proc.stderr or []:
-            self.lines.put(line)
-
-    def next(self, timeout: float) -> str | None:
-        try:
-            line = self.lines.get(timeout=max(timeout, 0.001))
-        except queue.Empty:
-            return None
-        self.seen.append(line)
-        return line
-
-    def rest(self) -> str:
-        self._thread.join(5)
-        while self.next(0) is not None:
-            pass
-        return "".join(self.seen)
-
-    def poll(self, what: str, check: Callable[[], bool], deadline: float) -> None:
-        """Until ``check`` holds; between tries, wait for the next log line (or 50 ms)."""
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.rest()}"
-            self.next(0.05)
-
-
 def test_sigterm_stops_a_running_sink_within_the_bound(
     bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
     bound = 5.0
-    env = {
-        **os.environ,
-        **sink_env(
-            bootstrap,
-            topics,
-            SINK_CATALOG_PATH=str(tmp_path / "catalog.sqlite"),
-            SINK_METRICS_PORT="0",
-            SINK_SHUTDOWN_TIMEOUT_SECONDS=str(bound),
-        ),
-    }
-    env.pop("SINK_CONFIG_FILE", None)
-    env.pop("ATLAS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atlas_sink", "run"],
-        cwd=services.REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    env = sink_env(
+        bootstrap,
+        topics,
+        SINK_CATALOG_PATH=str(tmp_path / "catalog.sqlite"),
+        SINK_SHUTDOWN_TIMEOUT_SECONDS=str(bound),
     )
-    output = _Output(proc)
+    sink = SinkProcess(env)
     try:
         deadline = time.monotonic() + DEADLINE
-        url = None
-        while url is None:
-            assert proc.poll() is None, f"the sink exited early: {output.rest()}"
-            assert time.monotonic() < deadline, f"no metrics address logged: {output.rest()}"
-            line = output.next(deadline - time.monotonic())
-            if line and "serving /metrics" in line:
-                url = json.loads(line)["url"]
-        output.poll("/healthz", lambda: _get(f"{url}/healthz")[0] == 200, deadline)
-        output.poll("/readyz", lambda: _get(f"{url}/readyz")[0] == 200, deadline)
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
+        url = sink.metrics_url(left())
+        sink.wait_for("/healthz", lambda: _get(f"{url}/healthz")[0] == 200, left())
+        sink.wait_for("/readyz", lambda: _get(f"{url}/readyz")[0] == 200, left())
         produce(bootstrap, topics.events, [encode(event(model_loaded(), seq=1, seconds=1))])
         consumed = "servemeta_sink_messages_consumed_total 1.0"
-        output.poll("a consumed message", lambda: consumed in _get(f"{url}/metrics")[1], deadline)
+        sink.wait_for("a consumed message", lambda: consumed in _get(f"{url}/metrics")[1], left())
         # Lag per partition, from positions and watermarks: 0 once the message is committed.
         lag = f'servemeta_sink_consumer_lag{{partition="0",topic="{topics.events}"}} 0.0'
-        output.poll("the lag gauge", lambda: lag in _get(f"{url}/metrics")[1], deadline)
+        sink.wait_for("the lag gauge", lambda: lag in _get(f"{url}/metrics")[1], left())
         assert json.loads(_get(f"{url}/healthz")[1])["status"] == "ok"
 
-        proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        code = proc.wait(timeout=bound + 5)
+        code = sink.stop(timeout=bound + 5)
         elapsed = time.monotonic() - signalled
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    logged = output.rest()
+        sink.stop()
+    logged = sink.rest()
     assert code == 0, logged
     assert elapsed < bound, f"took {elapsed:.1f} s"
     # Structured logs: every line one JSON object.
@@ -802,13 +729,6 @@ def test_a_rebalance_hands_partitions_over_without_loss_or_double_counting(
             )
             for s in range(first_seq, first_seq + count)
         ]
-
-    def step_until(sinks: Sequence[SinkConsumer], done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not done():
-            assert time.monotonic() < deadline, [s.totals for s in sinks]
-            for sink in sinks:
-                sink.step()
 
     def committed(*sinks: SinkConsumer) -> int:
         return sum(s.totals.committed for s in sinks)

@@ -838,7 +838,7 @@ def test_the_built_in_types_the_sink_checks_for_are_what_translate_writes() -> N
         assert supers, f"{type_name} extends none of Atlas's own types"
         needed.setdefault(supers[0], set()).update(inherited)
     assert {t: set(a) for t, a in ATLAS_TYPES_WRITTEN.items()} == needed
-    for type_name, attributes in ATLAS_TYPES_WRITTEN.items():
-        assert set(attributes) <= builtin.declared(type_name), type_name
+    for type_name, written in ATLAS_TYPES_WRITTEN.items():
+        assert set(written) <= builtin.declared(type_name), type_name
     relationships = {r["name"] for r in builtin_typedefs()["relationshipDefs"]}
     assert set(ATLAS_RELATIONSHIPS_WRITTEN) <= relationships

@@ -10,11 +10,11 @@ translation writes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from atlas_sink.core.entities import Ref
-from atlas_sink.targets.atlas_rest import AtlasRestTarget
-from atlas_sink.targets.local import (
+from atlas_sink.atlas.client import AtlasClient
+from atlas_sink.catalog.model import (
+    Direction,
     LineageGraph,
     LineageNode,
     LineageRelation,
@@ -22,8 +22,7 @@ from atlas_sink.targets.local import (
     StoredEntity,
     entity_key,
 )
-
-Direction = Literal["INPUT", "OUTPUT", "BOTH"]
+from atlas_sink.core.entities import Ref
 
 # reference attribute -> the relationship attribute Atlas keeps on the referenced entity
 INVERSE = {
@@ -62,8 +61,11 @@ def propagation_pending(entity: Mapping[str, Any]) -> bool:
 
 
 class AtlasCatalog:
-    def __init__(self, rest: AtlasRestTarget) -> None:
-        self._rest = rest
+    """``CatalogReader`` over Atlas's REST API: entities, referrers and lineage, and searches
+    that page through every match."""
+
+    def __init__(self, client: AtlasClient) -> None:
+        self._rest = client
         self._qualified_names: dict[str, Ref] = {}
 
     def _ref(self, value: dict[str, Any], referred: dict[str, Any]) -> Ref | None:
@@ -138,13 +140,20 @@ class AtlasCatalog:
         include_propagated: bool = True,
     ) -> list[StoredEntity]:
         # Atlas's basic search includes subtypes and propagated classifications by default.
-        result = self._rest.search(type_name, classification)
         found = []
-        for header in result.get("entities") or []:
+        for header in self._rest.search_all(type_name, classification):
             stored = self.entity(header["typeName"], header["attributes"]["qualifiedName"])
             if stored is not None:
                 found.append(stored)
         return sorted(found, key=lambda e: (e.type_name, e.qualified_name))
+
+    def qualified_names(self, type_name: str) -> list[str]:
+        """From the search's entity headers alone: no read of each entity."""
+        return sorted(
+            str(h["attributes"]["qualifiedName"])
+            for h in self._rest.search_all(type_name)
+            if (h.get("attributes") or {}).get("qualifiedName") is not None
+        )
 
     def referrers(
         self, type_name: str, qualified_name: str, attribute: str | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from html import escape
 
-from atlas_sink.targets.local import LineageGraph, LineageNode
+from atlas_sink.catalog.model import LineageGraph, LineageNode
 
 _BOX_W, _BOX_H = 230, 64
 _COL_GAP, _ROW_GAP = 90, 34

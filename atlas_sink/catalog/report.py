@@ -12,38 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any
 
+from atlas_sink.catalog.model import LineageGraph
+from atlas_sink.catalog.reader import (
+    CatalogReader,
+    find_model,
+    find_version,
+    model_lineage,
+    model_versions,
+)
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Ref
-from atlas_sink.core.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE
-from atlas_sink.targets.local import LineageGraph, Referrer, StoredEntity
-
-Direction = Literal["INPUT", "OUTPUT", "BOTH"]
-
-
-class CatalogReader(Protocol):
-    def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None: ...
-
-    def find(
-        self,
-        type_name: str | None = None,
-        classification: str | None = None,
-        include_subtypes: bool = True,
-        include_propagated: bool = True,
-    ) -> list[StoredEntity]: ...
-
-    def referrers(
-        self, type_name: str, qualified_name: str, attribute: str | None = None
-    ) -> list[Referrer]: ...
-
-    def lineage(
-        self, type_name: str, qualified_name: str, direction: Direction = "BOTH", depth: int = 3
-    ) -> LineageGraph: ...
-
-
-class ModelNotFound(LookupError):
-    pass
+from atlas_sink.core.translate import DEPLOYMENT, MODEL_VERSION, SCHEMA_CHANGE
 
 
 @dataclass(frozen=True)
@@ -64,26 +45,6 @@ def _millis(value: Any) -> str | None:
     return datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(timespec="seconds")
 
 
-def _find_model(reader: CatalogReader, model: str, cluster: str | None) -> StoredEntity:
-    if cluster is not None:
-        found = reader.entity(MODEL, naming.model(model, cluster))
-        if found is None:
-            raise ModelNotFound(
-                f"no model {model!r} in cluster {cluster!r}: check the name and --cluster"
-            )
-        return found
-    matches = [e for e in reader.find(MODEL) if e.attributes.get("name") == model]
-    if not matches:
-        known = sorted({str(e.attributes.get("name")) for e in reader.find(MODEL)})
-        raise ModelNotFound(f"no model named {model!r} in the catalog; models known: {known}")
-    if len(matches) > 1:
-        clusters = sorted(naming.split(e.qualified_name)[1] for e in matches)
-        raise ModelNotFound(
-            f"model {model!r} exists in several clusters {clusters}: pass --cluster"
-        )
-    return matches[0]
-
-
 def _schema(reader: CatalogReader, ref: Ref | None) -> dict[str, Any] | None:
     if ref is None:
         return None
@@ -95,21 +56,6 @@ def _schema(reader: CatalogReader, ref: Ref | None) -> dict[str, Any] | None:
         "fields": schema.attributes.get("fields") or [],
         "classifications": list(schema.all_classifications),
     }
-
-
-def _merged(base: LineageGraph, others: list[LineageGraph]) -> LineageGraph:
-    nodes = dict(base.nodes)
-    relations = set(base.relations)
-    for other in others:
-        nodes.update(other.nodes)
-        relations.update(other.relations)
-    return LineageGraph(
-        base_entity_id=base.base_entity_id,
-        direction=base.direction,
-        depth=base.depth,
-        nodes=nodes,
-        relations=sorted(relations),
-    )
 
 
 def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -137,28 +83,11 @@ def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
 def build_report(
     reader: CatalogReader, model: str, cluster: str | None = None, version: str | None = None
 ) -> Report:
-    model_entity = _find_model(reader, model, cluster)
+    model_entity = find_model(reader, model, cluster)
     _, model_cluster = naming.split(model_entity.qualified_name)
-    versions = sorted(
-        (
-            r.entity
-            for r in reader.referrers(MODEL, model_entity.qualified_name, "model")
-            if r.entity.type_name == MODEL_VERSION
-        ),
-        key=lambda e: (e.attributes.get("loadedAt") or 0, str(e.attributes.get("version"))),
-    )
-    chosen_version = version or model_entity.attributes.get("latestVersion")
-    if chosen_version is None and versions:
-        chosen_version = versions[-1].attributes.get("version")
-    if chosen_version is None:
-        raise ModelNotFound(f"model {model!r} has no loaded version in the catalog")
-    version_qn = naming.model_version(model, str(chosen_version), model_cluster)
-    current = reader.entity(MODEL_VERSION, version_qn)
-    if current is None:
-        raise ModelNotFound(
-            f"model {model!r} has no version {chosen_version!r}; versions known: "
-            f"{[e.attributes.get('version') for e in versions]}"
-        )
+    versions = model_versions(reader, model_entity)
+    current = find_version(reader, model_entity, version)
+    version_qn = current.qualified_name
     attrs = current.attributes
 
     training = [r.entity for r in reader.referrers(MODEL_VERSION, version_qn, "outputs")]
@@ -249,13 +178,7 @@ def build_report(
     )
     input_ref = current.references.get("inputSchema")
     output_ref = current.references.get("outputSchema")
-    # The version's own lineage shows what feeds it and what it feeds, not what else feeds the
-    # processes downstream (Atlas draws it so too): add each deployment's other inputs, so the
-    # picture shows the data flowing through serving.
-    lineage = _merged(
-        reader.lineage(MODEL_VERSION, version_qn, "BOTH", 0),
-        [reader.lineage(DEPLOYMENT, d["qualifiedName"], "INPUT", 1) for d in deployments],
-    )
+    lineage = model_lineage(reader, current)
 
     data: dict[str, Any] = {
         "model": {
@@ -276,7 +199,7 @@ def build_report(
             ],
         },
         "version": {
-            "version": chosen_version,
+            "version": attrs.get("version"),
             "qualifiedName": version_qn,
             "status": attrs.get("status"),
             "loadedAt": _millis(attrs.get("loadedAt")),

@@ -124,6 +124,33 @@ class BatchOutcome:
     write_seconds: float = 0.0
     dead: list[DeadLetter] = field(default_factory=list)
 
+    def dead_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for letter in self.dead:
+            counts[letter.reason] = counts.get(letter.reason, 0) + 1
+        return counts
+
+
+@dataclass
+class Counts:
+    """Events counted over any number of batches: the live loop's totals, a replay's result."""
+
+    consumed: int = 0
+    decoded: int = 0
+    duplicates: int = 0
+    updates: int = 0
+    entities_written: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.consumed += outcome.consumed
+        self.decoded += outcome.decoded
+        self.duplicates += outcome.duplicates
+        self.updates += outcome.updates
+        self.entities_written += outcome.entities_written
+        for reason, count in outcome.dead_by_reason().items():
+            self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + count
+
 
 _STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID)
 _TOTALS_BY_TYPE = {DEPLOYMENT: DEPLOYMENT_TOTALS}

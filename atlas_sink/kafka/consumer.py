@@ -15,22 +15,17 @@ Guarantees, and what gives them:
 - On a revocation the batch in hand is finished and committed if the target takes it at
   once, and dropped uncommitted otherwise: the partition's next owner reads it again.
 
-Also here: ``replay`` (a fresh group reads from the beginning, or from a time, up to the end
-offsets seen at its start) and ``read_snapshot``, which both replay and the DLQ tools use.
+Bounded reads (``snapshot``) and ``replay`` live beside this module; what every Kafka client
+shares in ``client``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TextIO, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -40,172 +35,43 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from atlas_sink import __version__
-from atlas_sink.core.pipeline import BatchOutcome, DeadLetter, Pipeline, RawMessage
+from atlas_sink.core.pipeline import BatchOutcome, Counts, DeadLetter, Pipeline, RawMessage
 from atlas_sink.core.target import TargetAuthError, TargetUnavailable
+from atlas_sink.kafka.client import (
+    FATAL_CODES,
+    LOST_GENERATION,
+    REFUSED_CODES,
+    SinkFatal,
+    client_error,
+    consumer_config,
+    fatal_message,
+    next_offsets,
+    raw_message,
+)
 from atlas_sink.kafka.dlq import DeadLetterProducer, header_list, position
 from atlas_sink.runtime.config import SinkConfig
-from atlas_sink.runtime.logs import throttled
+from atlas_sink.runtime.exit_codes import EXIT_KAFKA, EXIT_TARGET_AUTH
 from atlas_sink.runtime.metrics import Health, SinkMetrics
+from atlas_sink.runtime.retry import backoff_seconds
 
 log = logging.getLogger("servemeta.sink.consumer")
-# What librdkafka reports (its log lines and error callbacks), once per kind per 30 s.
-kafka_log = throttled("servemeta.sink.kafka")
-
-# Exit codes of the sink process (the CLI uses them; listed here beside what raises them).
-EXIT_TARGET_AUTH = 3
-EXIT_KAFKA = 4
 
 # The loop checks for a stop request and beats its heartbeat at least this often.
 SLICE_SECONDS = 0.2
 LAG_INTERVAL_SECONDS = 2.0
-FIRST_BACKOFF_SECONDS = 0.5
-
-# Commit errors that mean the partitions moved to another member: the batch is theirs now.
-_LOST_GENERATION = {
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError._STATE,
-}
-_FATAL_CODES = {
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-    KafkaError._AUTHENTICATION,
-    KafkaError.SASL_AUTHENTICATION_FAILED,
-    KafkaError._SSL,
-}
-# Of those, what the error callback may report: refused credentials. (An _SSL error there may
-# be a connection cut mid-handshake, which librdkafka's reconnect handles.)
-_REFUSED_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
-
-T = TypeVar("T")
-
-
-class SinkFatal(Exception):
-    """The sink must stop: retrying cannot help. ``exit_code`` is the process's."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _CommitRetry(Exception):
-    """The commit failed for a reason that may pass (coordinator moving, timeout)."""
-
-
-def consumer_config(config: SinkConfig, group_id: str, **extra: Any) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        **config.kafka_client_config(),
-        "group.id": group_id,
-        "client.id": f"{group_id}-{__version__}",
-        # Offsets are committed by hand, after the target and the DLQ acknowledged.
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": int(config.session_timeout_seconds * 1000),
-        # Events of aborted transactions never reach the catalog.
-        "isolation.level": "read_committed",
-        "log.connection.close": False,
-        "error_cb": _client_error,
-        # librdkafka's own log lines go through logging, so they come out as JSON too.
-        "logger": kafka_log,
-        # Prefetch a few seconds of work, not librdkafka's default 64 MiB: memory must not
-        # grow with the backlog, and the sink is never faster than this allows.
-        "queued.max.messages.kbytes": 2048,
-        "fetch.max.bytes": 1024 * 1024,
-    }
-    conf.update(extra)
-    return conf
-
-
-def _client_error(err: KafkaError) -> None:
-    # librdkafka reconnects by itself; a fatal error surfaces again from consume().
-    level = logging.ERROR if err.fatal() else logging.WARNING
-    kafka_log.log(level, "Kafka client error: %s", err.str(), extra={"code": err.name()})
-
-
-def raw_message(msg: Message) -> RawMessage:
-    ts_type, ts = msg.timestamp()
-    return RawMessage(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        value=msg.value(),
-        key=msg.key(),
-        timestamp_ms=ts if ts_type else None,
-    )
-
-
-def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """What to commit after ``messages``: per partition, the offset after the last one."""
-    highest: dict[tuple[str, int], int] = {}
-    for m in messages:
-        key = (m.topic() or "", m.partition() or 0)
-        highest[key] = max(highest.get(key, -1), m.offset() or 0)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
-
-
-def backoff_seconds(attempt: int, cap: float) -> float:
-    """Exponential with full jitter: many sinks recovering together do not stampede Atlas."""
-    ceiling = min(cap, FIRST_BACKOFF_SECONDS * 2 ** min(attempt, 30))
-    return random.uniform(ceiling / 2, ceiling)
-
-
-def retry_unavailable(
-    action: Callable[[], T],
-    what: str,
-    stop: threading.Event,
-    cap: float,
-    health: Health | None = None,
-) -> T | None:
-    """Run ``action`` until the target takes it; None when stopped first."""
-    attempt = 0
-    while not stop.is_set():
-        if health is not None:
-            health.beat()  # waiting for the target is not being stuck
-        try:
-            result = action()
-        except TargetUnavailable as exc:
-            wait = backoff_seconds(attempt, cap)
-            attempt += 1
-            if health is not None:
-                health.set_backoff(str(exc))
-            log.warning(
-                "%s: target unavailable, retrying",
-                what,
-                extra={"error": str(exc), "retry_in": wait},
-            )
-            stop.wait(wait)
-            continue
-        if health is not None:
-            health.set_backoff(None)
-        return result
-    return None
 
 
 @dataclass
-class Totals:
+class Totals(Counts):
+    """What the live loop did since it started."""
+
     batches: int = 0
-    consumed: int = 0
-    decoded: int = 0
-    duplicates: int = 0
-    updates: int = 0
-    entities_written: int = 0
     committed: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=dict)
     dropped_uncommitted: int = 0
 
     def add(self, outcome: BatchOutcome) -> None:
+        super().add(outcome)
         self.batches += 1
-        self.consumed += outcome.consumed
-        self.decoded += outcome.decoded
-        self.duplicates += outcome.duplicates
-        self.updates += outcome.updates
-        self.entities_written += outcome.entities_written
-        for letter in outcome.dead:
-            self.dead_lettered[letter.reason] = self.dead_lettered.get(letter.reason, 0) + 1
 
 
 @dataclass
@@ -360,7 +226,7 @@ class SinkConsumer:
                 if outcome.dead:
                     log.info(
                         "dead letters in batch",
-                        extra={"by_reason": _by_reason(outcome.dead), "batch": outcome.consumed},
+                        extra={"by_reason": outcome.dead_by_reason(), "batch": outcome.consumed},
                     )
             if in_hand.undelivered:
                 headers = {_position(m): header_list(m.headers()) for m in in_hand.messages}
@@ -401,14 +267,14 @@ class SinkConsumer:
             results = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is not None and err.code() in _LOST_GENERATION:
+            if err is not None and err.code() in LOST_GENERATION:
                 raise _LostPartitions(str(exc)) from None
-            if err is not None and err.code() in _FATAL_CODES:
-                raise SinkFatal(_fatal_message(err), EXIT_KAFKA) from None
+            if err is not None and err.code() in FATAL_CODES:
+                raise SinkFatal(fatal_message(err), EXIT_KAFKA) from None
             raise _Retry("commit", str(exc)) from None
         for tp in results or []:
             if tp.error is not None:
-                if tp.error.code() in _LOST_GENERATION:
+                if tp.error.code() in LOST_GENERATION:
                     raise _LostPartitions(tp.error.str())
                 raise _Retry("commit", f"{tp.topic}[{tp.partition}]: {tp.error.str()}")
         self.metrics.commits.inc()
@@ -516,21 +382,21 @@ class SinkConsumer:
 
     def _client_error(self, err: KafkaError) -> None:
         """librdkafka's error callback, served by consume() on this thread."""
-        _client_error(err)
-        if err.code() in _REFUSED_CODES and self._refused is None:
+        client_error(err)
+        if err.code() in REFUSED_CODES and self._refused is None:
             self._refused = err
 
     def _stop_if_refused(self) -> None:
         if self._refused is not None:
-            raise SinkFatal(_fatal_message(self._refused), EXIT_KAFKA)
+            raise SinkFatal(fatal_message(self._refused), EXIT_KAFKA)
 
     def _message_error(self, msg: Message) -> None:
         err = msg.error()
         assert err is not None
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal() or err.code() in _FATAL_CODES:
-            raise SinkFatal(_fatal_message(err), EXIT_KAFKA)
+        if err.fatal() or err.code() in FATAL_CODES:
+            raise SinkFatal(fatal_message(err), EXIT_KAFKA)
         key = f"{err.name()}:{msg.topic()}"
         if key not in self._warned:  # e.g. a topic not created yet: once, not every poll
             self._warned.add(key)
@@ -586,223 +452,3 @@ def _same(msg: Message, tp: TopicPartition) -> bool:
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
     return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
-
-
-def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for letter in letters:
-        counts[letter.reason] = counts.get(letter.reason, 0) + 1
-    return counts
-
-
-def _fatal_message(err: KafkaError) -> str:
-    return (
-        f"Kafka refused the sink: {err.name()}: {err.str()}. Check KAFKA_SECURITY_PROTOCOL, "
-        "KAFKA_SASL_* / KAFKA_SSL_* and the ACLs for the topics and the consumer group, then "
-        "restart; nothing was committed."
-    )
-
-
-# -- bounded reads: replay and the DLQ tools ---------------------------------------------------
-
-
-def read_snapshot(
-    config: SinkConfig,
-    topics: Sequence[str],
-    *,
-    since: datetime | None = None,
-    stop: threading.Event | None = None,
-    purpose: str = "replay",
-    batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    consumer: Consumer | None = None,
-) -> Iterator[list[Message]]:
-    """Batches of every message from the beginning (or from ``since``) up to the end offsets
-    the topics had when this started; a fresh group id, nothing committed."""
-    group = f"{config.group_id}.{purpose}.{uuid.uuid4().hex[:12]}"
-    kafka = consumer or Consumer(consumer_config(config, group, **{"enable.partition.eof": True}))
-    stop = stop or threading.Event()
-    try:
-        starts, ends = _bounds(kafka, topics, since)
-        total = sum(ends[k] - starts[k] for k in starts)
-        remaining = {k for k in starts if starts[k] < ends[k]}
-        kafka.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in sorted(remaining)])
-        done = 0
-        if progress:
-            progress(done, total)
-        limit = batch_size or config.batch_max_messages
-        while remaining and not stop.is_set():
-            batch: list[Message] = []
-            for msg in kafka.consume(limit, timeout=SLICE_SECONDS):
-                key = (msg.topic() or "", msg.partition() or 0)
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        # EOF at or past the end seen at the start: nothing older is left.
-                        if (msg.offset() or 0) >= ends.get(key, 0):
-                            _finish(kafka, key, remaining)
-                        continue
-                    if err.fatal() or err.code() in _FATAL_CODES:
-                        raise SinkFatal(_fatal_message(err), EXIT_KAFKA)
-                    log.warning("error while reading %s: %s", key, err.str())
-                    continue
-                offset = msg.offset() or 0
-                if key not in remaining or offset >= ends[key]:
-                    continue  # newer than the snapshot
-                batch.append(msg)
-                if offset >= ends[key] - 1:
-                    _finish(kafka, key, remaining)
-            if batch:
-                done += len(batch)
-                yield batch
-                if progress:
-                    progress(done, total)
-    finally:
-        kafka.close()
-
-
-def _bounds(
-    kafka: Consumer, topics: Sequence[str], since: datetime | None
-) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-    starts: dict[tuple[str, int], int] = {}
-    ends: dict[tuple[str, int], int] = {}
-    for topic in topics:
-        metadata = kafka.list_topics(topic, timeout=10)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            raise SinkFatal(
-                f"topic {topic!r} does not exist or cannot be described "
-                f"({info.error if info is not None else 'no metadata'}): check SINK_TOPICS / "
-                "SINK_DLQ_TOPIC and the broker",
-                EXIT_KAFKA,
-            )
-        partitions = [TopicPartition(topic, p) for p in sorted(info.partitions)]
-        if since is not None:
-            millis = int(since.timestamp() * 1000)
-            found = kafka.offsets_for_times(
-                [TopicPartition(topic, p.partition, millis) for p in partitions], timeout=10
-            )
-            by_partition = {tp.partition: tp.offset for tp in found}
-        for tp in partitions:
-            low, high = kafka.get_watermark_offsets(tp, timeout=10)
-            key = (topic, tp.partition)
-            ends[key] = high
-            start = low
-            if since is not None:
-                found_offset = by_partition.get(tp.partition, -1)
-                # -1: no message at or after that time, so nothing to read here.
-                start = high if found_offset < 0 else max(found_offset, low)
-            starts[key] = start
-    return starts, ends
-
-
-def _finish(kafka: Consumer, key: tuple[str, int], remaining: set[tuple[str, int]]) -> None:
-    if key in remaining:
-        remaining.discard(key)
-        kafka.pause([TopicPartition(key[0], key[1])])
-
-
-@dataclass
-class ReplayResult:
-    messages: int = 0
-    decoded: int = 0
-    duplicates: int = 0
-    updates: int = 0
-    entities_written: int = 0
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    complete: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def replay(
-    config: SinkConfig,
-    pipeline: Pipeline,
-    *,
-    since: datetime | None = None,
-    stop: threading.Event | None = None,
-    progress: TextIO | None = None,
-    consumer: Consumer | None = None,
-) -> ReplayResult:
-    """Rebuild the target from the topics. Dead letters are counted, not produced again: the
-    live sink already stored them. Raises ``SinkFatal`` on refused credentials."""
-    stop = stop or threading.Event()
-    result = ReplayResult()
-    bar = ProgressBar(progress) if progress is not None else None
-    started = time.monotonic()
-    try:
-        for batch in read_snapshot(
-            config,
-            list(config.topics),
-            since=since,
-            stop=stop,
-            progress=bar.update if bar else None,
-            consumer=consumer,
-        ):
-            raw = [raw_message(m) for m in batch]
-
-            def process(raw: list[RawMessage] = raw) -> BatchOutcome:
-                return pipeline.process(raw)
-
-            try:
-                outcome = retry_unavailable(
-                    process,
-                    "replay batch",
-                    stop,
-                    config.retry_max_seconds,
-                )
-            except TargetAuthError as exc:
-                raise SinkFatal(
-                    f"the target {pipeline.target.name} refused the credentials: {exc}",
-                    EXIT_TARGET_AUTH,
-                ) from None
-            if outcome is None:  # stopped while the target was down
-                break
-            result.messages += outcome.consumed
-            result.decoded += outcome.decoded
-            result.duplicates += outcome.duplicates
-            result.updates += outcome.updates
-            result.entities_written += outcome.entities_written
-            for reason, count in _by_reason(outcome.dead).items():
-                result.dead_letters[reason] = result.dead_letters.get(reason, 0) + count
-    finally:
-        if bar is not None:
-            bar.close()
-    result.complete = not stop.is_set()
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
-
-
-class ProgressBar:
-    """``[#####.....]  42%  4200/10000 messages  1234/s`` redrawn with a carriage return."""
-
-    WIDTH = 30
-
-    def __init__(self, stream: TextIO = sys.stderr, min_interval: float = 0.2) -> None:
-        self.stream = stream
-        self.min_interval = min_interval
-        self._started = time.monotonic()
-        self._last = 0.0
-        self._line = ""
-
-    def update(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last < self.min_interval and done < total:
-            return
-        self._last = now
-        fraction = done / total if total else 1.0
-        filled = int(fraction * self.WIDTH)
-        rate = done / max(now - self._started, 1e-9)
-        self._line = (
-            f"\rreplay [{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%}  "
-            f"{done}/{total} messages  {rate:.0f}/s"
-        )
-        self.stream.write(self._line)
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._line:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from atlas_sink import __version__
 from atlas_sink.core.pipeline import DeadLetter
+from atlas_sink.kafka.snapshot import read_snapshot
 from atlas_sink.runtime.config import SinkConfig
 from atlas_sink.runtime.logs import throttled
 
@@ -277,7 +278,6 @@ def read_dlq(
     config: SinkConfig, reason: str | None = None, stop: threading.Event | None = None
 ) -> Iterator[DlqRecord]:
     """Every record in the DLQ up to its end when called, oldest first per partition."""
-    from atlas_sink.kafka.consumer import read_snapshot  # consumer imports this module
 
     for batch in read_snapshot(config, [config.dlq_topic], stop=stop, purpose="dlq"):
         for msg in batch:

@@ -20,89 +20,39 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from atlas_sink import __version__
 from atlas_sink.atlas.typedefs import TypedefConflict
-from atlas_sink.core import naming
-from atlas_sink.core.target import Target, TargetAuthError, TargetUnavailable
-from atlas_sink.core.translate import MODEL, MODEL_VERSION
+from atlas_sink.core.target import TargetAuthError, TargetUnavailable
 from atlas_sink.kafka.dlq import DlqUnavailable
 from atlas_sink.runtime.config import ConfigError, SinkConfig, load_config
+from atlas_sink.runtime.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_FORCED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TARGET_AUTH,
+    EXIT_TARGET_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from atlas_sink.service.progress import ProgressBar
+from atlas_sink.service.wiring import (
+    ReaderUnavailable,
+    build_pipeline,
+    build_reader,
+    build_target,
+    pipeline_factory,
+)
 
 if TYPE_CHECKING:  # imported when used, so that --help stays quick
-    from atlas_sink.core.pipeline import Pipeline
+    pass
 
 log = logging.getLogger("servemeta.sink.cli")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_TARGET_AUTH = 3
-EXIT_KAFKA = 4
-EXIT_TARGET_UNAVAILABLE = 5
-EXIT_FORCED = 6
-EXIT_INTERRUPTED = 130
 
 
 class _Usage(Exception):
     """A request this command cannot serve as given; the message says what to change."""
-
-
-# -- wiring ------------------------------------------------------------------------------------
-
-
-def build_target(config: SinkConfig) -> Target:
-    if config.target == "local":
-        from atlas_sink.targets.local import LocalCatalog
-
-        return LocalCatalog(config.catalog_path)
-    from atlas_sink.targets.atlas_rest import AtlasRestTarget
-
-    rest = None
-    if config.atlas_url:
-        user, password = config.atlas_user, config.atlas_password
-        auth = (user, password.get_secret_value()) if user and password else None
-        rest = AtlasRestTarget(config.atlas_url, auth, backoff_max=config.retry_max_seconds)
-    if config.target == "atlas-rest":
-        assert rest is not None  # the config requires ATLAS_URL for this target
-        return rest
-    from atlas_sink.targets.atlas_hook import AtlasHookTarget
-
-    # With ATLAS_URL as well, the hook target reads entity state and registers types over
-    # REST; without it, it only writes.
-    return AtlasHookTarget(
-        config.require_kafka(),
-        topic=config.atlas_hook_topic,
-        user=config.atlas_user,
-        config=config.kafka_security.librdkafka(),
-        rest=rest,
-    )
-
-
-def pipeline_factory(config: SinkConfig, target: Target) -> Callable[[], Pipeline]:
-    """Pipelines with fresh caches around one target and one decoder (the decoder's
-    schema caches stay valid across rebalances; the pipeline's entity caches do not)."""
-    from atlas_sink.core.decode import Decoder
-    from atlas_sink.core.pipeline import Pipeline
-    from atlas_sink.core.validate import Limits
-
-    registry = None
-    if config.registry_url:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        conf = {"url": config.registry_url}
-        if config.registry_auth is not None:
-            conf["basic.auth.user.info"] = config.registry_auth.get_secret_value()
-        registry = SchemaRegistryClient(conf)
-    decoder = Decoder(registry, tuple(config.topics))
-    limits = Limits(max_message_bytes=config.max_message_bytes)
-    rules = config.rules()
-    return lambda: Pipeline(target, decoder, rules, limits)
-
-
-def build_pipeline(config: SinkConfig, target: Target) -> Pipeline:
-    return pipeline_factory(config, target)()
 
 
 class _Stopper:
@@ -157,8 +107,9 @@ class _Stopper:
 
 def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
     from atlas_sink.core.pipeline import tune_gc_for_streaming
-    from atlas_sink.kafka.consumer import SinkConsumer, retry_unavailable
+    from atlas_sink.kafka.consumer import SinkConsumer
     from atlas_sink.runtime.metrics import Health, MetricsServer, SinkMetrics
+    from atlas_sink.runtime.retry import retry_unavailable
 
     config.require_kafka()
     tune_gc_for_streaming()
@@ -211,13 +162,14 @@ def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
 
 def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
     from atlas_sink.core.pipeline import tune_gc_for_streaming
-    from atlas_sink.kafka.consumer import replay
+    from atlas_sink.kafka.replay import replay
 
     config.require_kafka()
     tune_gc_for_streaming()
     stopper = _Stopper(config.shutdown_timeout_seconds).install()
     since = None if args.from_beginning else args.from_time
     target = build_target(config)
+    bar = ProgressBar(sys.stderr) if args.progress else None
     try:
         if config.ensure_types:
             target.ensure_types()
@@ -226,9 +178,11 @@ def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
             build_pipeline(config, target),
             since=since,
             stop=stopper.event,
-            progress=sys.stderr if args.progress else None,
+            progress=bar.update if bar is not None else None,
         )
     finally:
+        if bar is not None:
+            bar.close()
         target.close()
         stopper.cancel()
     counts = result.as_dict()
@@ -238,9 +192,9 @@ def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(counts, indent=2, sort_keys=True))
     else:
-        dead = ", ".join(f"{k}: {v}" for k, v in sorted(result.dead_letters.items())) or "none"
+        dead = ", ".join(f"{k}: {v}" for k, v in sorted(result.dead_lettered.items())) or "none"
         print(
-            f"replayed {result.messages} messages in {result.seconds:.1f} s into {config.target}"
+            f"replayed {result.consumed} messages in {result.seconds:.1f} s into {config.target}"
             f": {result.decoded} decoded, {result.duplicates} duplicates, {result.updates} "
             f"updates, {result.entities_written} entities written; dead letters: {dead}"
         )
@@ -253,86 +207,26 @@ def cmd_init_types(config: SinkConfig, _args: argparse.Namespace) -> int:
         target.ensure_types()
     finally:
         target.close()
-    print(f"type definitions registered in {config.target}")
+    print(
+        f"type definitions registered in {config.target}"
+        + (" (Atlas's own types the sink writes are there)" if config.target != "local" else "")
+    )
     return EXIT_OK
 
 
-class _LineageSource(Protocol):
-    """What ``lineage`` needs from a target that can be read."""
-
-    def clusters_of(self, model: str) -> dict[str, str | None]:
-        """cluster -> latest version, for every cluster with this model."""
-
-    def has(self, type_name: str, qualified_name: str) -> bool: ...
-
-    def lineage_json(self, type_name: str, qualified_name: str, depth: int) -> dict[str, Any]:
-        """Atlas's AtlasLineageInfo shape (direction BOTH)."""
-
-
-class _LocalSource:
-    def __init__(self, catalog: Any) -> None:
-        self.catalog = catalog
-
-    def clusters_of(self, model: str) -> dict[str, str | None]:
-        found: dict[str, str | None] = {}
-        for entity in self.catalog.find(type_name=MODEL):
-            names, cluster = naming.split(entity.qualified_name)
-            if names == [model]:
-                found[cluster] = entity.attributes.get("latestVersion")
-        return found
-
-    def has(self, type_name: str, qualified_name: str) -> bool:
-        return self.catalog.entity(type_name, qualified_name) is not None
-
-    def lineage_json(self, type_name: str, qualified_name: str, depth: int) -> dict[str, Any]:
-        graph = self.catalog.lineage(type_name, qualified_name, "BOTH", depth)
-        return graph.to_atlas()  # type: ignore[no-any-return]
-
-
-class _AtlasSource:
-    def __init__(self, target: Any) -> None:
-        self.target = target
-
-    def clusters_of(self, model: str) -> dict[str, str | None]:
-        found: dict[str, str | None] = {}
-        answer = self.target.search(
-            type_name=MODEL, query=model, attributes=["latestVersion"], limit=1000
-        )
-        for entity in answer.get("entities") or []:
-            attributes = entity.get("attributes") or {}
-            names, cluster = naming.split(str(attributes.get("qualifiedName", "")))
-            if names == [model]:
-                found[cluster] = attributes.get("latestVersion")
-        return found
-
-    def has(self, type_name: str, qualified_name: str) -> bool:
-        return self.target.entity(type_name, qualified_name, ignore_relationships=True) is not None
-
-    def lineage_json(self, type_name: str, qualified_name: str, depth: int) -> dict[str, Any]:
-        found = self.target.lineage(type_name, qualified_name, "BOTH", depth)
-        if found is None:
-            raise _Usage(f"Atlas has no {type_name} {qualified_name!r}")
-        return found  # type: ignore[no-any-return]
-
-
 def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
-    target = build_target(config)
+    from atlas_sink.catalog.lineage_text import render_lineage
+    from atlas_sink.catalog.reader import ModelNotFound, find_model, find_version, model_lineage
+
+    reader, close = build_reader(config)
     try:
-        source: _LineageSource
-        if config.target == "local":
-            source = _LocalSource(target)
-        elif config.target == "atlas-rest":
-            source = _AtlasSource(target)
-        else:
-            raise _Usage(
-                "the atlas-hook target only writes (to Kafka): read lineage with "
-                "--target atlas-rest (ATLAS_URL) or --target local --catalog PATH"
-            )
-        cluster, version = _resolve_model(source, args.model, args.cluster, args.version)
-        qualified_name = naming.model_version(args.model, version, cluster)
-        graph = source.lineage_json(MODEL_VERSION, qualified_name, args.depth)
+        model_entity = find_model(reader, args.model, args.cluster)
+        version = find_version(reader, model_entity, args.version)
+        graph = model_lineage(reader, version, args.depth).to_atlas()
+    except ModelNotFound as exc:
+        raise _Usage(str(exc)) from None
     finally:
-        target.close()
+        close()
     if args.json:
         print(json.dumps(graph, indent=2, sort_keys=True))
     else:
@@ -341,30 +235,17 @@ def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
-    from atlas_sink.catalog.atlas_reader import AtlasCatalog
     from atlas_sink.catalog.lineage_picture import render_html
-    from atlas_sink.catalog.report import CatalogReader, ModelNotFound, build_report, render_text
-    from atlas_sink.targets.atlas_rest import AtlasRestTarget
-    from atlas_sink.targets.local import LocalCatalog
+    from atlas_sink.catalog.reader import ModelNotFound
+    from atlas_sink.catalog.report import build_report, render_text
 
-    target = build_target(config)
+    reader, close = build_reader(config)
     try:
-        reader: CatalogReader
-        if isinstance(target, LocalCatalog):
-            reader = target
-        elif isinstance(target, AtlasRestTarget):
-            reader = AtlasCatalog(target)
-        else:
-            raise _Usage(
-                "the atlas-hook target only writes (to Kafka): read the report with "
-                "--target atlas-rest (ATLAS_URL) or --target local --catalog PATH"
-            )
-        try:
-            report = build_report(reader, args.model, args.cluster, args.version)
-        except ModelNotFound as exc:
-            raise _Usage(str(exc)) from None
+        report = build_report(reader, args.model, args.cluster, args.version)
+    except ModelNotFound as exc:
+        raise _Usage(str(exc)) from None
     finally:
-        target.close()
+        close()
     if args.picture:
         title = f"Lineage of {args.model} {report.data['version']['version']}"
         Path(args.picture).write_text(render_html(report.lineage, title), encoding="utf-8")
@@ -376,74 +257,6 @@ def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
         if args.picture:
             print(f"\nlineage picture: {report.data['picture']}")
     return EXIT_OK
-
-
-def _resolve_model(
-    source: _LineageSource, model: str, cluster: str | None, version: str | None
-) -> tuple[str, str]:
-    """Fill in the cluster (when only one serves the model) and the latest version."""
-    clusters = source.clusters_of(model)
-    if cluster is None:
-        if not clusters:
-            raise _Usage(f"no model {model!r} in the catalog: check the name (case matters)")
-        if len(clusters) > 1:
-            raise _Usage(
-                f"model {model!r} exists in clusters {sorted(clusters)}: choose one with --cluster"
-            )
-        cluster = next(iter(clusters))
-    if version is None:
-        latest = clusters.get(cluster)
-        if not latest:
-            raise _Usage(
-                f"model {model!r} in cluster {cluster!r} has no known latest version: "
-                "give --version"
-            )
-        version = str(latest)
-    if not source.has(MODEL_VERSION, naming.model_version(model, version, cluster)):
-        raise _Usage(f"no version {version!r} of model {model!r} in cluster {cluster!r}")
-    return cluster, version
-
-
-def render_lineage(graph: dict[str, Any]) -> str:
-    """Atlas's lineage JSON as text: upstream chains into the base entity, then downstream."""
-    nodes: dict[str, Any] = graph.get("guidEntityMap") or {}
-    into: dict[str, list[str]] = {}
-    out: dict[str, list[str]] = {}
-    for rel in graph.get("relations") or []:
-        out.setdefault(rel["fromEntityId"], []).append(rel["toEntityId"])
-        into.setdefault(rel["toEntityId"], []).append(rel["fromEntityId"])
-
-    def label(key: str) -> str:
-        node = nodes.get(key)
-        if node is None:
-            return key
-        attributes = node.get("attributes") or {}
-        qualified_name = attributes.get("qualifiedName", key)
-        text = f"{node.get('typeName')} {qualified_name}"
-        name = attributes.get("name")
-        if name and name != qualified_name:
-            text += f" ({name})"
-        tags = sorted(node.get("classificationNames") or [])
-        if tags:
-            text += f" [{', '.join(tags)}]"
-        if node.get("isIncomplete"):
-            text += " (not written yet)"
-        return text
-
-    def walk(
-        key: str, edges: dict[str, list[str]], arrow: str, depth: int, seen: set[str]
-    ) -> list[str]:
-        lines = []
-        for nxt in sorted(edges.get(key, []), key=label):
-            lines.append(f"{'  ' * depth}{arrow} {label(nxt)}")
-            if nxt not in seen:
-                lines += walk(nxt, edges, arrow, depth + 1, seen | {nxt})
-        return lines
-
-    base = str(graph.get("baseEntityGuid", ""))
-    upstream = walk(base, into, "<-", 1, {base}) or ["  (none)"]
-    downstream = walk(base, out, "->", 1, {base}) or ["  (none)"]
-    return "\n".join([label(base), "upstream:", *upstream, "downstream:", *downstream])
 
 
 def cmd_dlq_list(config: SinkConfig, args: argparse.Namespace) -> int:
@@ -645,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from atlas_sink.kafka.consumer import SinkFatal
+    from atlas_sink.kafka.client import SinkFatal
     from atlas_sink.runtime import logs
 
     parser = build_parser()
@@ -667,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atlas-sink: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except _Usage as exc:
+    except (_Usage, ReaderUnavailable) as exc:
         print(f"atlas-sink: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SinkFatal as exc:

@@ -50,13 +50,15 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from atlas_sink.atlas import entity_json
 from atlas_sink.atlas.builtin_types import builtin_typedefs
+from atlas_sink.atlas.classification_types import ClassificationTypes
+from atlas_sink.atlas.client import AtlasClient
 from atlas_sink.atlas.entity_json import JsonDict, TypeModel
+from atlas_sink.atlas.type_registry import TypeRestorer, ensure_types
 from atlas_sink.atlas.typedefs import load_project_typedefs
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Entity, Ref
 from atlas_sink.core.target import Rejection, TargetUnavailable, WriteResult
 from atlas_sink.core.translate import DEPLOYMENT, MODEL, MODEL_VERSION, SCHEMA_CHANGE, TRAINING
-from atlas_sink.targets.atlas_rest import AtlasRestTarget
 
 log = logging.getLogger("servemeta.sink.atlas_hook")
 
@@ -260,9 +262,10 @@ class AtlasHookTarget:
 
     ``write`` returns once Kafka acknowledged every message (acks=all, idempotent producer);
     Atlas applies them later, on its own, and logs what it refuses: no ``Rejection`` can come
-    back through Kafka. With ``rest``, entities carrying a classification Atlas has no type
-    for (and those referring to them) are refused before sending, as the REST target does.
-    ``fetch`` reads through ``rest`` when given; without it, it returns
+    back through Kafka. With ``client`` (Atlas's REST API), the project's types are registered
+    over REST, and entities carrying a classification Atlas has no type for (and those
+    referring to them) are refused before sending, as the REST target does.
+    ``fetch`` reads through ``client`` when given; without it, it returns
     nothing, and deduplication relies on the sink's own cache alone (a restarted sink then
     rewrites the entities of redelivered events: the same values, so the same state).
     """
@@ -276,7 +279,7 @@ class AtlasHookTarget:
         topic: str = DEFAULT_TOPIC,
         user: str | None = None,
         config: Mapping[str, Any] | None = None,
-        rest: AtlasRestTarget | None = None,
+        client: AtlasClient | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         delivery_timeout: float = 30.0,
         typedefs: Mapping[str, Any] | None = None,
@@ -289,12 +292,17 @@ class AtlasHookTarget:
                 f"{4 * ENVELOPE_RESERVE}, e.g. Atlas's default {MAX_MESSAGE_BYTES}"
             )
         self.topic = topic
-        self.rest = rest
+        self.client = client
         self.max_message_bytes = max_message_bytes
         self.delivery_timeout = delivery_timeout
         self.sender = Sender.local(user)
-        self.model = entity_json.type_model(
-            builtin_typedefs(), typedefs if typedefs is not None else load_project_typedefs()
+        self.typedefs = dict(typedefs) if typedefs is not None else load_project_typedefs()
+        self.model = entity_json.type_model(builtin_typedefs(), self.typedefs)
+        self._restore = TypeRestorer(client, self.typedefs) if client is not None else None
+        self._classifications = (
+            ClassificationTypes(client, self._restore)
+            if client is not None and self._restore is not None
+            else None
         )
         self._clock = clock
         self._msg_ids = _message_ids()
@@ -318,8 +326,8 @@ class AtlasHookTarget:
     # -- Target --------------------------------------------------------------------------------
 
     def ensure_types(self) -> None:
-        if self.rest is not None:
-            self.rest.ensure_types()
+        if self.client is not None:
+            ensure_types(self.client, self.typedefs)
             return
         log.info(
             "no Atlas REST access given: the types are not checked. Atlas refuses entities of "
@@ -331,18 +339,19 @@ class AtlasHookTarget:
         self, refs: Sequence[Ref], attribute_names: Sequence[str]
     ) -> dict[Ref, dict[str, Any]]:
         # Kafka cannot be asked what Atlas holds.
-        if self.rest is None:
+        if self.client is None:
             return {}
-        return self.rest.fetch(refs, attribute_names)
+        return self.client.attributes_of(refs, attribute_names)
 
     def write(self, entities: Sequence[Entity]) -> WriteResult:
         if not entities:
             return WriteResult()
         rejected: dict[Ref, Rejection] = {}
-        if self.rest is not None:
+        if self._classifications is not None and self._restore is not None:
             # Atlas's hook consumer fails a whole message on an entity with an undefined
             # classification (a NullPointerException, logged and skipped): refuse those here.
-            rejected = self.rest.refuse_unknown_classifications(entities)
+            self._restore.new_write()
+            rejected = self._classifications.refuse_unknown(entities)
             entities = [e for e in entities if e.ref not in rejected]
             if not entities:
                 return WriteResult(rejected=rejected)
@@ -384,8 +393,8 @@ class AtlasHookTarget:
             if remaining:
                 log.warning("%d Atlas hook messages undelivered at close", remaining)
             self._producer = None
-        if self.rest is not None:
-            self.rest.close()
+        if self.client is not None:
+            self.client.close()
 
     # -- Kafka ---------------------------------------------------------------------------------
 

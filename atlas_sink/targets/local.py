@@ -26,12 +26,21 @@ import threading
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from atlas_sink.atlas.builtin_types import builtin_typedefs
 from atlas_sink.atlas.typedefs import load_project_typedefs, typedefs_path
+from atlas_sink.catalog.model import (
+    DIRECTIONS,
+    Direction,
+    LineageGraph,
+    LineageNode,
+    LineageRelation,
+    Referrer,
+    StoredEntity,
+    entity_key,
+)
 from atlas_sink.core.entities import Entity, Ref
 from atlas_sink.core.target import Rejection, TargetUnavailable, WriteResult
 
@@ -41,8 +50,6 @@ INPUTS = "inputs"
 OUTPUTS = "outputs"
 SINGLE = -1  # edges.position of a reference that is not a list
 
-Direction = Literal["BOTH", "INPUT", "OUTPUT"]
-_DIRECTIONS = ("BOTH", "INPUT", "OUTPUT")
 
 # Bound parameters per statement stay far below SQLite's limit (999 in old builds).
 _CHUNK = 400
@@ -83,104 +90,6 @@ CREATE INDEX IF NOT EXISTS classifications_by_name ON classifications (name);
 
 class EntityNotFound(LookupError):
     """Asked about an entity the catalog does not hold (Atlas answers 404)."""
-
-
-def entity_key(ref: Ref) -> str:
-    """The id of an entity in lineage graphs: ``type:qualifiedName`` (type names have no ':')."""
-    return f"{ref.type_name}:{ref.qualified_name}"
-
-
-def parse_key(key: str) -> Ref:
-    type_name, _, qualified_name = key.partition(":")
-    return Ref(type_name, qualified_name)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntity:
-    type_name: str
-    qualified_name: str
-    attributes: dict[str, Any]
-    references: dict[str, Ref | list[Ref]]
-    classifications: tuple[str, ...]
-    # Classification name -> keys of the upstream entities it propagated from.
-    propagated_classifications: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Atlas 2.2+ propagates classifications in background tasks; while an entity has pending
-    # ones, what propagated to it may not show yet. The embedded catalog propagates at once.
-    propagation_pending: bool = False
-
-    @property
-    def ref(self) -> Ref:
-        return Ref(self.type_name, self.qualified_name)
-
-    @property
-    def key(self) -> str:
-        return entity_key(self.ref)
-
-    @property
-    def all_classifications(self) -> tuple[str, ...]:
-        return tuple(sorted({*self.classifications, *self.propagated_classifications}))
-
-
-@dataclass(frozen=True, slots=True)
-class Referrer:
-    """An entity whose reference ``attribute`` points at the entity asked about."""
-
-    attribute: str
-    entity: StoredEntity
-
-
-@dataclass(frozen=True, slots=True)
-class LineageNode:
-    """Atlas's entity header in a lineage answer."""
-
-    type_name: str
-    qualified_name: str
-    name: str | None
-    classifications: tuple[str, ...]
-    propagated_classifications: tuple[str, ...]
-    # Referenced but never written: what Atlas's hook path would hold as a shell entity.
-    incomplete: bool = False
-
-    def to_atlas(self) -> dict[str, Any]:
-        return {
-            "typeName": self.type_name,
-            "attributes": {"qualifiedName": self.qualified_name, "name": self.name},
-            "classificationNames": sorted(
-                {*self.classifications, *self.propagated_classifications}
-            ),
-            "isIncomplete": self.incomplete,
-        }
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class LineageRelation:
-    """An edge in data-flow direction: data set -> process that reads it, process -> output."""
-
-    from_entity_id: str
-    to_entity_id: str
-
-    def to_atlas(self) -> dict[str, str]:
-        return {"fromEntityId": self.from_entity_id, "toEntityId": self.to_entity_id}
-
-
-@dataclass(frozen=True, slots=True)
-class LineageGraph:
-    """Atlas's ``AtlasLineageInfo`` with ``type:qualifiedName`` keys in place of guids."""
-
-    base_entity_id: str
-    direction: Direction
-    depth: int
-    nodes: dict[str, LineageNode]
-    relations: list[LineageRelation]
-
-    def to_atlas(self) -> dict[str, Any]:
-        return {
-            "baseEntityGuid": self.base_entity_id,
-            "lineageDirection": self.direction,
-            "lineageDepth": self.depth,
-            "guidEntityMap": {key: node.to_atlas() for key, node in sorted(self.nodes.items())},
-            "relations": [relation.to_atlas() for relation in self.relations],
-        }
 
 
 class _Types:
@@ -416,6 +325,12 @@ class LocalCatalog:
                 or (include_propagated and classification in e.propagated_classifications)
             ]
 
+    def qualified_names(self, type_name: str) -> list[str]:
+        """Every qualifiedName of the type and its subtypes, sorted."""
+        with self._lock, self._transaction() as db:
+            wanted = self._types(db).subtypes(type_name) | {type_name}
+            return sorted(ref.qualified_name for ref in self._refs_of_types(db, wanted))
+
     def referrers(
         self, type_name: str, qualified_name: str, attribute: str | None = None
     ) -> list[Referrer]:
@@ -436,8 +351,8 @@ class LocalCatalog:
     ) -> LineageGraph:
         """Atlas's lineage of a data set or process: processes reached through their
         ``inputs`` and ``outputs``, ``depth`` process hops each way (0: no limit)."""
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if depth < 0:
             raise ValueError(f"depth must be >= 0 (0 means unlimited, as in Atlas), got {depth}")
         base = Ref(type_name, qualified_name)
@@ -807,16 +722,3 @@ def _select_by_ref(
                 params.append(extra[1])
             rows.extend(db.execute(sql, params))
     return rows
-
-
-__all__ = [
-    "EntityNotFound",
-    "LineageGraph",
-    "LineageNode",
-    "LineageRelation",
-    "LocalCatalog",
-    "Referrer",
-    "StoredEntity",
-    "entity_key",
-    "parse_key",
-]
