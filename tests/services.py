@@ -313,3 +313,19 @@ class SinkProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         return harness.stop_process(self.proc, timeout)
+
+
+def catalog_dump(catalog: Any) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
+    """Every entity of an embedded catalog, in a form two catalogs can be compared by."""
+    import json
+
+    return [
+        (
+            e.type_name,
+            e.qualified_name,
+            json.dumps(e.attributes, sort_keys=True),
+            repr(sorted(e.references.items())),
+            e.classifications,
+        )
+        for e in catalog.find()
+    ]

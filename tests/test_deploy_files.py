@@ -768,7 +768,7 @@ def registered_metrics() -> list[MetricWrapperBase]:
 def test_every_metric_is_documented_with_its_type_and_labels() -> None:
     rows = {r[0]: r[1:] for r in table_rows(operations(), "metric")}
     metrics = registered_metrics()
-    assert len(metrics) == 14
+    assert len(metrics) == 15
     exposed = set()
     for metric in metrics:
         name = f"{metric._name}_total" if metric._type == "counter" else metric._name

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import random
 import time
@@ -68,6 +67,7 @@ from capture.typecheck import EventValueError
 from local_services import harness
 from tests import hostile, services
 from tests.conftest import INPUT, OUTPUT, model_loaded
+from tests.services import catalog_dump
 
 SEED = 20261128
 CLUSTERS = {*hostile.VALID_CLUSTERS, "it"}
@@ -234,19 +234,6 @@ def _produce(bootstrap: str, topic: str, cases: Sequence[hostile.Case]) -> list[
     return [_Sent(c, o) for c, o in zip(cases, offsets, strict=True) if o is not None]
 
 
-def _dump(catalog: LocalCatalog) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
-    return [
-        (
-            e.type_name,
-            e.qualified_name,
-            json.dumps(e.attributes, sort_keys=True),
-            repr(sorted(e.references.items())),
-            e.classifications,
-        )
-        for e in catalog.find()
-    ]
-
-
 def _run_hostile_stream(
     bootstrap: str, tmp_path: Path, malformed: int, valid: int, deadline_seconds: float
 ) -> dict[str, Any]:
@@ -337,7 +324,7 @@ def _run_hostile_stream(
         )
         assert outcome.dead == []
     timings["reference"] = time.monotonic() - mark
-    assert _dump(catalog) == _dump(reference)
+    assert catalog_dump(catalog) == catalog_dump(reference)
     versions = catalog.find(type_name=MODEL_VERSION)
     deployments = catalog.find(type_name=DEPLOYMENT)
     assert len(versions) >= 10 and len(deployments) >= 10

@@ -67,7 +67,7 @@ from capture.framing import single_object_framer
 from local_services import harness
 from tests import services
 from tests.conftest import INPUT, OUTPUT, model_loaded
-from tests.services import SinkProcess, Topics, step_until
+from tests.services import SinkProcess, Topics, catalog_dump, step_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,19 +142,6 @@ def run_until(config: SinkConfig, target: Any, committed: int) -> SinkConsumer:
     finally:
         sink.close()
     return sink
-
-
-def dump(catalog: LocalCatalog) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
-    return [
-        (
-            e.type_name,
-            e.qualified_name,
-            json.dumps(e.attributes, sort_keys=True),
-            repr(sorted(e.references.items())),
-            e.classifications,
-        )
-        for e in catalog.find()
-    ]
 
 
 def committed_total(bootstrap: str, config: SinkConfig) -> int:
@@ -370,7 +357,7 @@ def test_duplicates_and_out_of_order_events_do_not_change_the_final_state(
     sink = run_until(sink_config(bootstrap, shuffled, batch_max_messages=2), messy, committed=10)
 
     assert sink.totals.duplicates >= 5
-    assert dump(messy) == dump(in_order)
+    assert catalog_dump(messy) == catalog_dump(in_order)
     deployment = messy.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
     assert deployment.attributes["totalRequests"] == 60
@@ -481,7 +468,7 @@ def test_replay_into_a_fresh_catalog_equals_the_live_catalog(
     assert counts["dead_letters"] == {"framing": 1}
     assert "100%" in out.err  # the progress bar
     replayed = open_catalog(fresh)
-    assert dump(replayed) == dump(live)
+    assert catalog_dump(replayed) == catalog_dump(live)
 
     # From a time: only the later messages.
     since_catalog = open_catalog(tmp_path / "since.sqlite")
@@ -655,10 +642,10 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
         assert deployment is not None and deployment.attributes["totalRequests"] == 10
 
         # Re-driving again delivers duplicates, which change nothing.
-        before = dump(catalog)
+        before = catalog_dump(catalog)
         redrive(config, "target_rejected")
         step_until(sink, lambda: sink.totals.committed >= 6)
-        assert dump(catalog) == before
+        assert catalog_dump(catalog) == before
     finally:
         sink.close()
 

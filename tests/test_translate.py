@@ -490,8 +490,8 @@ def test_an_older_event_never_overwrites_newer_values() -> None:
         assert deployment[LAST_EVENT_ID] == newer.envelope.event_id
         assert store[VERSION]["status"] == "UNLOADED"
         assert store[VERSION]["framework"] == "sklearn"
-        marks = EntityState.from_attributes(deployment, DEPLOYMENT_TOTALS).watermarks
-        assert marks == {"i1/wine": 1, "i2/wine": 1}
+        marks = EntityState.from_attributes(deployment, DEPLOYMENT_TOTALS).applied_sequences
+        assert marks == {"i1/wine": ((1, 1),), "i2/wine": ((1, 1),)}
         assert deployment[ATTRIBUTE_TIMES]["status"] == str(micros(T0 + timedelta(seconds=10)))
         assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
 
@@ -522,9 +522,29 @@ def test_totals_add_once_per_event_and_redelivery_adds_nothing() -> None:
     assert restored == states[DEPLOY]
 
 
+def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
+    """A producer that reorders (a retried batch, another emitter implementation): sequence 2
+    after 3 is a distinct event, applied once and counted once, across a restart too."""
+    first, second, third = (event(stats(10 * n, n), n) for n in (1, 2, 3))
+    result, _ = run(translate(first, NO_RULES) + translate(third, NO_RULES))
+    assert result.duplicates == 0
+    attributes = entities_of(result)[DEPLOY].attributes
+    restored = EntityState.from_attributes(attributes, DEPLOYMENT_TOTALS)  # a restarted sink
+    assert restored.applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
+    late, _ = run(translate(second, NO_RULES), {DEPLOY: restored})
+    assert late.duplicates == 0
+    totals = entities_of(late)[DEPLOY].attributes
+    assert (totals["totalRequests"], totals["totalErrors"]) == (60, 6)
+    again, _ = run(
+        translate(second, NO_RULES),
+        {DEPLOY: EntityState.from_attributes(totals, DEPLOYMENT_TOTALS)},
+    )
+    assert (again.duplicates, again.entities) == (1, [])
+
+
 def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> None:
     stored = EntityState(
-        watermarks={f"gone-{n}/wine": 1000 + n for n in range(MAX_WATERMARKS)},
+        applied_sequences={f"gone-{n}/wine": ((1, 1000 + n),) for n in range(MAX_WATERMARKS)},
         totals={"totalRequests": 0, "totalErrors": 0},
     )
     window = event(stats(10, 1), 1, instance="new-pod")
@@ -549,8 +569,8 @@ def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() ->
     for entity in result.entities:
         assert (entity.attributes["totalRequests"], entity.attributes["totalErrors"]) == (1000, 100)
         server = entity.qualified_name.split(".")[0].removeprefix("scorer-")
-        marks = EntityState.from_attributes(entity.attributes, DEPLOYMENT_TOTALS).watermarks
-        assert marks == {f"pod-{server}/wine": 100}
+        marks = EntityState.from_attributes(entity.attributes, DEPLOYMENT_TOTALS).applied_sequences
+        assert marks == {f"pod-{server}/wine": ((1, 100),)}
 
 
 # -- batch boundaries do not matter ----------------------------------------------------------

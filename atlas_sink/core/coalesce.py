@@ -2,7 +2,9 @@
 
 Rules, per entity:
 - an update whose (producer, sequence) the entity has already applied is a duplicate: it
-  changes nothing (this is what makes redelivery after a crash harmless);
+  changes nothing (this is what makes redelivery after a crash harmless); the sequences
+  applied are kept exactly, so a late event that arrives after a higher sequence is still
+  applied once;
 - each attribute keeps the value of the newest event that set it (event time), so an old
   event never overwrites newer state, in whatever order events arrive;
 - totals add once per applied event;
@@ -24,6 +26,7 @@ class Coalesced:
     entities: list[Entity]
     states: dict[Ref, EntityState]
     duplicates: int = 0
+    beyond_window: int = 0
     updates: int = 0
     # Refs whose state was needed but not supplied: the caller must load them first.
     missing_states: set[Ref] = field(default_factory=set)
@@ -65,7 +68,10 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             state = new_states[ref] = stored.copy()
         key = update.key
         if state.applied(key):
-            result.duplicates += 1
+            if state.beyond_window(key):
+                result.beyond_window += 1
+            else:
+                result.duplicates += 1
             continue
         applied.add(ref)
         state.mark(key)

@@ -6,8 +6,9 @@ Targets turn it into their own form (Atlas JSON, hook notifications, SQLite rows
 
 Mutable entities (model, model version, deployment) also carry their ``EntityState``: the
 newest event applied (so an older event never overwrites newer values) and, per producer
-and model, the last sequence applied (so a redelivered event never counts twice). The state
-is written in the same entity as the values it guards, so it survives with the catalog.
+and model, the sequences applied (``sequence_ranges``: so a redelivered event never counts
+twice, and a late one still counts once). The state is written in the same entity as the
+values it guards, so it survives with the catalog: a restarted sink and a replay agree.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from atlas_sink.core import sequence_ranges
+from atlas_sink.core.sequence_ranges import Ranges
+
 # Attributes every mutable entity type carries (see deploy/atlas/servemeta_typedefs.json).
 LAST_EVENT_TIME = "lastEventTime"
 LAST_EVENT_ID = "lastEventId"
 ATTRIBUTE_TIMES = "attributeTimes"
 WATERMARKS = "producerWatermarks"
 
-# At most this many producer watermarks per entity: restarts create new producer instances,
-# and a watermark only matters while that instance's events can still be redelivered.
+# At most this many producers' sequence ranges per entity: restarts create new producer
+# instances, and their ranges only matter while their events can still be redelivered.
 MAX_WATERMARKS = 64
 
 
@@ -50,30 +54,36 @@ class EntityState:
     """What guards a mutable entity against old and repeated events.
 
     ``times``: per attribute, the event time of the value it holds; a value from an older
-    event is not applied, whatever order events arrive in. ``watermarks``: per producer and
-    model, the last sequence applied; a redelivered event is recognised and adds nothing.
+    event is not applied, whatever order events arrive in. ``applied_sequences``: per producer
+    and model, the sequences applied; a redelivered event is recognised and adds nothing.
     """
 
     times: dict[str, int] = field(default_factory=dict)
-    watermarks: dict[str, int] = field(default_factory=dict)
+    applied_sequences: dict[str, Ranges] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     last_event_time: int = 0
     last_event_id: str | None = None
-    # When each producer's watermark last moved: pruning keeps the most recently active
+    # When each producer's sequences last grew: pruning keeps the most recently active
     # producers, not the highest sequences (a restarted producer starts again at 1).
     marked_at: dict[str, int] = field(default_factory=dict)
 
     def applied(self, key: EventKey) -> bool:
-        return self.watermarks.get(key.producer, 0) >= key.sequence
+        return sequence_ranges.contains(self.applied_sequences.get(key.producer, ()), key.sequence)
+
+    def beyond_window(self, key: EventKey) -> bool:
+        """An event taken for applied only because its producer's oldest gaps were given up."""
+        ranges = self.applied_sequences.get(key.producer, ())
+        return sequence_ranges.beyond_window(ranges, key.sequence)
 
     def mark(self, key: EventKey) -> None:
-        self.watermarks[key.producer] = key.sequence
+        ranges = self.applied_sequences.get(key.producer, ())
+        self.applied_sequences[key.producer] = sequence_ranges.add(ranges, key.sequence)
         self.marked_at[key.producer] = max(self.marked_at.get(key.producer, 0), key.event_time)
 
     def copy(self) -> EntityState:
         return EntityState(
             dict(self.times),
-            dict(self.watermarks),
+            dict(self.applied_sequences),
             dict(self.totals),
             self.last_event_time,
             self.last_event_id,
@@ -81,12 +91,15 @@ class EntityState:
         )
 
     def to_attributes(self) -> dict[str, Any]:
-        """Atlas maps hold strings: watermarks are written as ``<sequence>@<micros>``."""
-        recent = sorted(self.watermarks, key=lambda p: self.marked_at.get(p, 0))[-MAX_WATERMARKS:]
+        """Atlas maps hold strings: a producer's sequences are written as
+        ``<ranges>@<micros>`` (``1-41,43-50@1764000000000000``)."""
+        producers = self.applied_sequences
+        recent = sorted(producers, key=lambda p: self.marked_at.get(p, 0))[-MAX_WATERMARKS:]
         return {
             ATTRIBUTE_TIMES: {name: str(t) for name, t in sorted(self.times.items())},
             WATERMARKS: {
-                p: f"{self.watermarks[p]}@{self.marked_at.get(p, 0)}" for p in sorted(recent)
+                p: f"{sequence_ranges.to_text(producers[p])}@{self.marked_at.get(p, 0)}"
+                for p in sorted(recent)
             },
             LAST_EVENT_TIME: self.last_event_time,
             LAST_EVENT_ID: self.last_event_id,
@@ -103,8 +116,12 @@ class EntityState:
         }
         return cls(
             times={k: int(v) for k, v in (attributes.get(ATTRIBUTE_TIMES) or {}).items()},
-            watermarks={p: int(seq) for p, (seq, _, _) in marks.items()},
-            totals={n: int(attributes.get(n) or 0) for n in total_names},
+            applied_sequences={
+                p: sequence_ranges.from_text(ranges) for p, (ranges, _, _) in marks.items()
+            },
+            # A total never written stays absent: writing 0 for it would make a restarted
+            # sink's catalog differ from a replay's, and say "none" where nothing is known.
+            totals={n: int(attributes[n]) for n in total_names if attributes.get(n) is not None},
             last_event_time=int(attributes.get(LAST_EVENT_TIME) or 0),
             last_event_id=attributes.get(LAST_EVENT_ID),
             marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},

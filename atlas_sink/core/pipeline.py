@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -78,21 +78,22 @@ class BoundedCache(Generic[K, V]):
 
 
 class RecentIds:
-    """The last ``capacity`` event ids seen, oldest forgotten first (no LRU bookkeeping:
-    a duplicate is recognised whether or not it was seen lately)."""
+    """The last ``capacity`` event ids applied, each with a digest of its message, oldest
+    forgotten first (no LRU bookkeeping: a duplicate is recognised whether or not it was seen
+    lately). The digest tells a redelivery from another body under a known id."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: dict[str, None] = {}
+        self._ids: dict[str, bytes] = {}
 
-    def add(self, event_id: str) -> None:
+    def add(self, event_id: str, digest: bytes) -> None:
         ids = self._ids
-        ids[event_id] = None
+        ids[event_id] = digest
         if len(ids) > self.capacity:
             del ids[next(iter(ids))]
 
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
+    def get(self, event_id: str) -> bytes | None:
+        return self._ids.get(event_id)
 
 
 class RawMessage(NamedTuple):
@@ -122,6 +123,9 @@ class BatchOutcome:
     entities_written: int = 0
     write_requests: int = 0
     write_seconds: float = 0.0
+    # Updates taken for applied only because their producer's oldest sequence gaps were given
+    # up (``sequence_ranges``): possibly never applied, so counted apart from duplicates.
+    beyond_window: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
 
     def dead_by_reason(self) -> dict[str, int]:
@@ -191,6 +195,7 @@ class Pipeline:
         updates: list[Update] = []
         sources: list[int] = []  # sources[i]: index in ``batch`` of the event behind updates[i]
         batch_ids: dict[str, int] = {}
+        digests: dict[str, bytes] = {}
         seen, rules = self._seen, self.rules
         for index, message in enumerate(batch):
             try:
@@ -200,8 +205,22 @@ class Pipeline:
                 continue
             outcome.decoded += 1
             event_id = event.envelope.event_id
-            if event_id in batch_ids or event_id in seen:
-                outcome.duplicates += 1
+            digest = hashlib.blake2b(message.value or b"", digest_size=8).digest()
+            known = digests.get(event_id) or seen.get(event_id)
+            if known is not None:
+                if known == digest:
+                    outcome.duplicates += 1
+                else:
+                    outcome.dead.append(
+                        DeadLetter(
+                            message,
+                            "conflicting_duplicate",
+                            f"event id {event_id} was applied already with another body "
+                            f"(digest {known.hex()}, this one {digest.hex()}); expected a "
+                            "redelivery to repeat its event exactly. The first one applied "
+                            "stands: give a changed event an id of its own",
+                        )
+                    )
                 continue
             try:
                 translated = translate(event, rules)
@@ -214,12 +233,14 @@ class Pipeline:
                 outcome.dead.append(DeadLetter(message, "name", detail))
                 continue
             batch_ids[event_id] = index
+            digests[event_id] = digest
             updates += translated
             sources += [index] * len(translated)
         outcome.updates = len(updates)
         states = self._load_states(refs_needing_state(updates))
         result = coalesce(updates, states)
         outcome.duplicates += result.duplicates
+        outcome.beyond_window += result.beyond_window
         entities = [
             e for e in result.entities if e.ref in result.states or self._changed_since_written(e)
         ]
@@ -249,7 +270,7 @@ class Pipeline:
             # A rejected event must stay unseen, or its re-drive from the DLQ would be taken
             # for a duplicate.
             accepted = [i for i, index in batch_ids.items() if _position(batch[index]) not in dead]
-        self._remember(entities, result.states, rejected, accepted)
+        self._remember(entities, result.states, rejected, {i: digests[i] for i in accepted})
         return outcome
 
     def _load_states(self, refs: set[Ref]) -> dict[Ref, EntityState]:
@@ -281,7 +302,7 @@ class Pipeline:
         entities: list[Entity],
         states: dict[Ref, EntityState],
         rejected: dict[Ref, Any],
-        event_ids: Iterable[str],
+        event_ids: Mapping[str, bytes],
     ) -> None:
         for entity in entities:
             if entity.ref in rejected:
@@ -290,8 +311,8 @@ class Pipeline:
                 self._states.put(entity.ref, states[entity.ref])
             else:
                 self._written.put(entity.ref, _digest(entity))
-        for event_id in event_ids:
-            self._seen.add(event_id)
+        for event_id, digest in event_ids.items():
+            self._seen.add(event_id, digest)
 
 
 def _digest(entity: Entity) -> str:

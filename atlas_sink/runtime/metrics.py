@@ -110,6 +110,12 @@ class SinkMetrics:
             "events or entity updates recognised as already applied",
             registry=r,
         )
+        self.beyond_window = Counter(
+            "servemeta_sink_beyond_dedup_window",
+            "entity updates dropped as applied because their producer's oldest sequence gaps "
+            "were given up: possibly late events never applied",
+            registry=r,
+        )
         self.updates_in = Counter(
             "servemeta_sink_updates_in", "entity updates produced by translation", registry=r
         )
@@ -158,6 +164,8 @@ class SinkMetrics:
         self.consumed.inc(outcome.consumed)
         self.decoded.inc(outcome.decoded)
         self.duplicates.inc(outcome.duplicates)
+        if outcome.beyond_window:
+            self.beyond_window.inc(outcome.beyond_window)
         self.updates_in.inc(outcome.updates)
         self.entities_out.inc(outcome.entities_written)
         self.writes.inc(outcome.write_requests)
