@@ -44,7 +44,9 @@ from capture.framing import confluent_header, encode_body, single_object_header
 
 # Reasons the decoder gives before it has a typed event, and those of semantic checks.
 DECODE_REASONS = frozenset({"avro", "validation", "shape", "unknown_payload", "timestamp"})
-CHECK_REASONS = frozenset({"sequence", "inconsistent", "oversized", "not_finite", "name"})
+CHECK_REASONS = frozenset(
+    {"sequence", "inconsistent", "oversized", "not_finite", "name", "fingerprint_mismatch"}
+)
 RANDOM_REASONS = frozenset({"empty", "framing", "unknown_schema_id", "unknown_fingerprint"})
 
 # Identity names: printable ones are valid whatever their script or punctuation (they are
@@ -559,7 +561,9 @@ class _Generator:
             payload["output_schema"]["fingerprint"] = f"sha256:{control}"
         else:
             payload["replaces_version"] = f"0{control}"
-        return self.case("bad_derived_name", frame(record), frozenset({"name"}), repr(control))
+        # A fingerprint that is not the fields' own is refused for that first, whatever it holds.
+        reasons = frozenset({"fingerprint_mismatch"} if choice == 3 else {"name"})
+        return self.case("bad_derived_name", frame(record), reasons, repr(control))
 
     def bad_timestamp(self) -> Case:
         far = self.rng.choice(

@@ -111,13 +111,17 @@ def test_every_malformed_kind_gets_one_of_its_reasons_and_every_valid_event_pass
         ("unknown_schema_id", "unknown_schema_id"),
         ("invalid_utf8", "avro"),
         ("bad_name", "validation"),
-        ("bad_derived_name", "name"),
         ("bad_timestamp", "timestamp"),
         ("oversized", "oversized"),
         ("errors_mismatch", "inconsistent"),
         ("trailing_bytes", "avro"),
     ):
         assert verdicts[(kind, reason)] == 100, (kind, reason)
+    # A made-up schema fingerprint is refused as not the fields' own; the other derived names
+    # for the characters they hold.
+    assert verdicts[("bad_derived_name", "name")] > 0
+    assert verdicts[("bad_derived_name", "fingerprint_mismatch")] > 0
+    assert sum(n for (k, _), n in verdicts.items() if k == "bad_derived_name") == 100
     assert verdicts[("not_finite", "not_finite")] > 0  # NaN metrics, since the fix
     assert verdicts[("negative_count", "sequence")] > 0
 

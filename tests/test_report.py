@@ -270,3 +270,14 @@ def test_pending_tasks_are_read_from_atlas_s_entity_json() -> None:
     assert propagation_pending({"typeName": "t", "pendingTasks": ["6f1c-task"]})
     assert not propagation_pending({"typeName": "t", "pendingTasks": []})
     assert not propagation_pending({"typeName": "t"})  # Atlas 2.1: no such field
+
+
+def test_reading_a_catalog_path_that_does_not_exist_stops_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "elsewhere" / "catalog.sqlite"
+    for command in (["report", "wine"], ["lineage", "wine"]):
+        assert main([*command, "--target", "local", "--catalog", str(missing)]) == 2
+        error = capsys.readouterr().err
+        assert f"no catalog at {missing}" in error
+    assert not missing.exists() and not missing.parent.exists()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from atlas_sink.core.entities import Update
+from capture.dataschema import fingerprint
 from capture.events import DataSchema, ModelEvent, ModelLoaded, SchemaChanged, ScoringStats
 from capture.typecheck import has_control_characters
 
@@ -90,6 +91,16 @@ def _check_schema(where: str, schema: DataSchema, limits: Limits) -> None:
     names = [f.name for f in schema.fields]
     if len(set(names)) != len(names):
         raise InvalidEvent("inconsistent", f"{where} has duplicate field names")
+    # Schemas are named by fingerprint: one taken as sent could claim another model's schema
+    # and overwrite its fields. So the sink computes it from the fields itself.
+    computed = fingerprint(schema.fields)
+    if schema.fingerprint != computed:
+        raise InvalidEvent(
+            "fingerprint_mismatch",
+            f"{where}.fingerprint is {schema.fingerprint!r}, but its fields give {computed!r}; "
+            "expected the fingerprint of the fields as schemas/README.md defines it: compute "
+            "it from the fields the event carries",
+        )
 
 
 def _check_loaded(loaded: ModelLoaded, limits: Limits) -> None:

@@ -85,6 +85,14 @@ def build_reader(config: SinkConfig) -> tuple[CatalogReader, Callable[[], None]]
     if config.target == "local":
         from atlas_sink.targets.local import LocalCatalog
 
+        # Reading must not create: an empty new file would answer "no such model" about a
+        # catalog that is simply elsewhere.
+        if not config.catalog_path.is_file():
+            raise ReaderUnavailable(
+                f"no catalog at {config.catalog_path}: expected the SQLite file the sink "
+                "writes (SINK_CATALOG_PATH, or --catalog PATH); point at it, or run the sink "
+                "or `atlas-sink replay --from-beginning` first"
+            )
         catalog = LocalCatalog(config.catalog_path)
         return catalog, catalog.close
     client = atlas_client(config) if config.target == "atlas-rest" else None

@@ -1,0 +1,66 @@
+"""What a producer claims is checked, not taken: a DataSchema's fingerprint is recomputed from
+its fields, so one model's events can never change another model's schema. Events are written
+from the contract alone (to_avro + single-object framing), on the embedded catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from atlas_sink.core import naming
+from atlas_sink.core.decode import Decoder
+from atlas_sink.core.pipeline import Pipeline, RawMessage
+from atlas_sink.core.translate import DATA_SCHEMA, Rules
+from atlas_sink.targets.local import LocalCatalog
+from capture.dataschema import fingerprint
+from capture.events import (
+    DataSchema,
+    FieldSpec,
+    ModelEvent,
+    ModelIdentity,
+    to_avro,
+)
+from capture.framing import single_object_framer
+from tests.conftest import INPUT, envelope, model_loaded
+
+FRAME = single_object_framer()
+README = Path(__file__).resolve().parents[1] / "schemas" / "README.md"
+
+
+def _loaded(model: str, sequence: int, input_schema: DataSchema) -> RawMessage:
+    env = dataclasses.replace(envelope(sequence), model=ModelIdentity(name=model, version="1"))
+    payload = dataclasses.replace(model_loaded(), input_schema=input_schema)
+    return RawMessage(
+        "events", 0, sequence, FRAME(to_avro(ModelEvent(envelope=env, payload=payload)))
+    )
+
+
+def test_a_schema_claiming_another_fingerprint_is_dead_lettered_with_both(tmp_path: Path) -> None:
+    with LocalCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.ensure_types()
+        pipeline = Pipeline(catalog, Decoder(), Rules())
+        assert pipeline.process([_loaded("wine", 1, INPUT)]).dead == []
+        wine_schema = catalog.entity(DATA_SCHEMA, naming.data_schema(INPUT.fingerprint, "local"))
+        assert wine_schema is not None
+        # Another model's event claims wine's fingerprint for other fields.
+        forged = DataSchema(
+            fields=[FieldSpec(name="ssn", type="string")], fingerprint=INPUT.fingerprint
+        )
+        outcome = pipeline.process([_loaded("beer", 2, forged)])
+        assert [letter.reason for letter in outcome.dead] == ["fingerprint_mismatch"]
+        detail = outcome.dead[0].detail
+        assert INPUT.fingerprint in detail and fingerprint(forged.fields) in detail
+        after = catalog.entity(DATA_SCHEMA, naming.data_schema(INPUT.fingerprint, "local"))
+        assert after is not None and after.attributes == wine_schema.attributes
+
+
+def test_the_readme_s_recipe_and_example_give_the_sink_s_fingerprint() -> None:
+    """schemas/README.md is what a producer in another language follows."""
+    text = README.read_text(encoding="utf-8")
+    example = re.search(
+        r"the JSON is `(\[\[.*?\]\])` and the\s+fingerprint `(sha256:[0-9a-f]+)`", text
+    )
+    assert example is not None
+    assert example.group(1) == '[["alcohol","double",false],["color_intensity","double",false]]'
+    assert fingerprint(INPUT.fields) == example.group(2) == INPUT.fingerprint
