@@ -195,8 +195,13 @@ def check_fields(obj: Any) -> None:
 
 
 MAX_NAME_LENGTH = 256
-# C0, DEL and C1 (U+0080..U+009F, among them NEL, a line break to many readers).
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0, DEL and C1 (U+0080..U+009F, among them NEL, a line break to many readers), and the
+# bidirectional formatting characters (the marks U+200E/U+200F/U+061C, the embeddings and
+# overrides U+202A..U+202E, the isolates U+2066..U+2069): printed raw, an override makes
+# "wine\u202etxt.exe" read as another name in a terminal or a report (the "Trojan Source"
+# trick), so names holding one are refused like control characters, everywhere a name is
+# checked (emitter, sink) rather than escaped on some outputs and not others.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def has_control_characters(text: str) -> bool:
@@ -215,4 +220,7 @@ def check_names(obj: Any, *names: str) -> None:
                 f"{cls}.{name}: expected at most {MAX_NAME_LENGTH} characters, got {len(value)}"
             )
         if _CONTROL_CHARACTER.search(value):
-            raise EventValueError(f"{cls}.{name}: control characters are not allowed: {value!r}")
+            raise EventValueError(
+                f"{cls}.{name}: control characters are not allowed (nor bidirectional "
+                f"formatting ones such as U+202E): {value!r}"
+            )

@@ -520,6 +520,16 @@ BUILD_ABUSE: list[tuple[str, Callable[[], Any], str]] = [
         "ModelIdentity.name: control characters are not allowed",
     ),
     (
+        "right-to-left override in name",
+        bad(ModelIdentity, name="wine\u202etxt.exe", version="1"),
+        "ModelIdentity.name: control characters are not allowed (nor bidirectional",
+    ),
+    (
+        "isolate in cluster",
+        bad(Deployment, server_kind="python", server_name="s", cluster="prod\u2066x"),
+        "Deployment.cluster: control characters",
+    ),
+    (
         "NUL in version",
         bad(ModelIdentity, name="wine", version="1\x00"),
         "ModelIdentity.version: control characters",

@@ -64,3 +64,15 @@ def test_the_readme_s_recipe_and_example_give_the_sink_s_fingerprint() -> None:
     assert example is not None
     assert example.group(1) == '[["alcohol","double",false],["color_intensity","double",false]]'
     assert fingerprint(INPUT.fields) == example.group(2) == INPUT.fingerprint
+
+
+def test_a_name_with_a_right_to_left_override_is_refused_by_the_sink(tmp_path: Path) -> None:
+    """The emitter refuses to build such an event; another producer can still send one."""
+    record = to_avro(ModelEvent(envelope=envelope(1), payload=model_loaded()))
+    record["envelope"]["model"]["name"] = "wine\u202etxt.exe"
+    message = RawMessage("events", 0, 0, FRAME(record))
+    with LocalCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.ensure_types()
+        outcome = Pipeline(catalog, Decoder(), Rules()).process([message])
+    assert [letter.reason for letter in outcome.dead] == ["validation"]
+    assert "U+202E" in outcome.dead[0].detail
