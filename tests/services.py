@@ -133,6 +133,16 @@ def atlas(kafka_bootstrap: str) -> Iterator[AtlasServer]:
             hook_topic=hook_topic if shared_broker else None,
         )
         return
+    with own_atlas(kafka_bootstrap) as server:
+        yield server
+
+
+@contextmanager
+def own_atlas(
+    kafka_bootstrap: str, model_files: Sequence[str] | None = None
+) -> Iterator[AtlasServer]:
+    """The project's own Atlas, whatever ATLAS_URL says; ``model_files``: a subset of
+    deploy/atlas/builtin to start it with (an Atlas lacking some of Atlas's own models)."""
     from local_services.atlas import PASSWORD, USER, AtlasService
     from local_services.process import free_port, pid_alive, port_is_free
 
@@ -146,6 +156,7 @@ def atlas(kafka_bootstrap: str) -> Iterator[AtlasServer]:
         consumer_group=f"atlas-test-{suffix}",
         # A fixed port: a test that stops and starts Atlas finds it at the same address.
         port=free_port(),
+        model_files=model_files,
         start_timeout=600,
     )
     started = service.start()
@@ -315,17 +326,9 @@ class SinkProcess:
         return harness.stop_process(self.proc, timeout)
 
 
-def catalog_dump(catalog: Any) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
-    """Every entity of an embedded catalog, in a form two catalogs can be compared by."""
-    import json
+def catalog_dump(catalog: Any) -> list[tuple[str, str, str, str, tuple[str, ...], str]]:
+    """Every entity of an embedded catalog, in a form two catalogs can be compared by (the
+    benchmarks' own definition of equal)."""
+    from bench.faults import dump
 
-    return [
-        (
-            e.type_name,
-            e.qualified_name,
-            json.dumps(e.attributes, sort_keys=True),
-            repr(sorted(e.references.items())),
-            e.classifications,
-        )
-        for e in catalog.find()
-    ]
+    return dump(Path(catalog.path))

@@ -62,9 +62,13 @@ def bootstrap(kafka_bootstrap: str) -> str:
 
 
 @pytest.fixture
-def topic() -> str:
-    # A topic per test: auto-created by the broker on first produce.
-    return f"ATLAS_HOOK_test_{uuid.uuid4().hex[:12]}"
+def topic(bootstrap: str) -> str:
+    # A topic per test, made before anything is produced: a topic the broker auto-creates on
+    # first produce can reach a new consumer's metadata with some partitions missing, and the
+    # messages there then stay unread until the next metadata refresh (minutes).
+    name = f"ATLAS_HOOK_test_{uuid.uuid4().hex[:12]}"
+    harness.create_topics(bootstrap, [name], partitions=3)
+    return name
 
 
 def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:

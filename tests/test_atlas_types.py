@@ -8,13 +8,9 @@ for this module: about a minute on two cores."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +19,7 @@ import requests
 from atlas_sink.atlas.builtin_types import builtin_typedefs
 from atlas_sink.atlas.typedefs import CATEGORIES, load_project_typedefs, type_names
 from local_services import harness
-from tests.services import AtlasServer
+from tests.services import AtlasServer, own_atlas
 
 pytestmark = pytest.mark.atlas
 
@@ -67,25 +63,8 @@ def _typedef(server: AtlasServer, name: str) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="module")
 def core_only_atlas(kafka_bootstrap: str) -> Iterator[AtlasServer]:
-    from local_services.atlas import PASSWORD, USER, AtlasService
-    from tests.services import _test_state
-
-    state = Path(tempfile.mkdtemp(prefix="atlas-core-", dir=_test_state()))
-    suffix = uuid.uuid4().hex[:10]
-    service = AtlasService(
-        state,
-        kafka_bootstrap=kafka_bootstrap,
-        hook_topic=f"ATLAS_HOOK_test_{suffix}",
-        consumer_group=f"atlas-test-{suffix}",
-        model_files=CORE_ONLY,
-        start_timeout=600,
-    )
-    started = service.start()
-    try:
-        yield AtlasServer(started.address, (USER, PASSWORD), kafka_bootstrap, service.hook_topic)
-    finally:
-        service.stop()
-        shutil.rmtree(state, ignore_errors=True)
+    with own_atlas(kafka_bootstrap, model_files=CORE_ONLY) as server:
+        yield server
 
 
 @pytest.mark.timeout(BUDGET)
