@@ -281,3 +281,20 @@ def test_reading_a_catalog_path_that_does_not_exist_stops_and_names_it(
         error = capsys.readouterr().err
         assert f"no catalog at {missing}" in error
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_lineage_and_report_show_the_same_graph_with_the_deployments_inputs(
+    catalog: LocalCatalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lineage` used to leave out what else feeds the deployments (their input topics),
+    which its help promises and `report` shows: both now draw catalog.reader.model_lineage."""
+    report = build_report(catalog, "wine")  # version 2, the one the deployment serves
+    capsys.readouterr()
+    command = ["lineage", "wine", "--depth", "0", "--json"]
+    assert main([*command, "--target", "local", "--catalog", str(catalog.path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == report.lineage.to_atlas()
+    deployments = [k for k in shown["guidEntityMap"] if k.startswith("servemeta_deployment:")]
+    assert deployments
+    edges = {(r["fromEntityId"], r["toEntityId"]) for r in shown["relations"]}
+    assert ("kafka_topic:wine-requests@local", deployments[0]) in edges
