@@ -82,7 +82,7 @@ class ClassificationTypes:
             for entity in entities:
                 if entity.ref in rejected:
                     continue
-                refused = next((t for t in _refs(entity) if t in rejected), None)
+                refused = next((t for t in entity.referenced() if t in rejected), None)
                 if refused is not None:
                     cause = rejected[refused]
                     rejected[entity.ref] = Rejection(
@@ -100,10 +100,3 @@ class ClassificationTypes:
                 extra={"code": rejection.code},
             )
         return rejected
-
-
-def _refs(entity: Entity) -> list[Ref]:
-    refs: list[Ref] = []
-    for target in entity.references.values():
-        refs.extend([target] if isinstance(target, Ref) else target)
-    return refs

@@ -267,15 +267,8 @@ def dumps(document: Any) -> bytes:
 
 def entity_size(entity: Entity, model: TypeModel) -> int:
     """Bytes the entity takes in a request, at most (every reference counted with a guid)."""
-    guids = {entity.ref: "-0000000", **{r: "-0000000" for r in _targets(entity)}}
+    guids = {entity.ref: "-0000000", **{r: "-0000000" for r in entity.referenced()}}
     return len(dumps(entity_json(entity, model, guids))) + 1
-
-
-def _targets(entity: Entity) -> list[Ref]:
-    refs: list[Ref] = []
-    for target in entity.references.values():
-        refs.extend([target] if isinstance(target, Ref) else target)
-    return refs
 
 
 def topological_order(entities: Sequence[Entity]) -> list[Entity]:
@@ -295,7 +288,7 @@ def topological_order(entities: Sequence[Entity]) -> list[Entity]:
             if current.ref in done:
                 continue
             visiting.add(current.ref)
-            targets = [t for t in _targets(current) if t in by_ref and t != current.ref]
+            targets = [t for t in current.referenced() if t in by_ref and t != current.ref]
             if position < len(targets):
                 stack.append((current, position + 1))
                 target = targets[position]

@@ -141,6 +141,13 @@ class Entity:
     def ref(self) -> Ref:
         return Ref(self.type_name, self.qualified_name)
 
+    def referenced(self) -> list[Ref]:
+        """Every entity this one refers to, single references and lists alike."""
+        refs: list[Ref] = []
+        for target in self.references.values():
+            refs.extend([target] if isinstance(target, Ref) else target)
+        return refs
+
 
 _NO_REFERENCES: Mapping[str, Ref | list[Ref]] = MappingProxyType({})
 _NO_TOTALS: Mapping[str, int] = MappingProxyType({})

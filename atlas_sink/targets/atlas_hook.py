@@ -124,7 +124,7 @@ def message_keys(entities: Sequence[Entity]) -> dict[Ref, str]:
     while changed:
         changed = False
         for entity in entities:
-            for target in _targets(entity):
+            for target in entity.referenced():
                 if target not in keys:
                     continue
                 own, other = keys[entity.ref], keys[target]
@@ -245,13 +245,6 @@ def _message_ids() -> Iterator[str]:
     # Atlas's form: a random prefix and a counter (AbstractNotification.getNextMessageId).
     prefix = str(uuid.uuid4())
     return (f"{prefix}_{n}" for n in itertools.count())
-
-
-def _targets(entity: Entity) -> list[Ref]:
-    refs: list[Ref] = []
-    for target in entity.references.values():
-        refs.extend([target] if isinstance(target, Ref) else target)
-    return refs
 
 
 # -- the target --------------------------------------------------------------------------------
