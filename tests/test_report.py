@@ -242,9 +242,6 @@ class _PendingInAtlas:
     def qualified_names(self, type_name: str) -> list[str]:
         return self.catalog.qualified_names(type_name)
 
-    def find(self, *args: Any, **kwargs: Any) -> list[StoredEntity]:
-        return [self._pending(e) for e in self.catalog.find(*args, **kwargs)]
-
     def referrers(self, *args: Any, **kwargs: Any) -> list[Referrer]:
         return [
             Referrer(r.attribute, self._pending(r.entity))

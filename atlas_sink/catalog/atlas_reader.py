@@ -132,21 +132,6 @@ class AtlasCatalog:
         answer = self._rest.entity(type_name, qualified_name)
         return None if answer is None else self._stored(answer)
 
-    def find(
-        self,
-        type_name: str | None = None,
-        classification: str | None = None,
-        include_subtypes: bool = True,
-        include_propagated: bool = True,
-    ) -> list[StoredEntity]:
-        # Atlas's basic search includes subtypes and propagated classifications by default.
-        found = []
-        for header in self._rest.search_all(type_name, classification):
-            stored = self.entity(header["typeName"], header["attributes"]["qualifiedName"])
-            if stored is not None:
-                found.append(stored)
-        return sorted(found, key=lambda e: (e.type_name, e.qualified_name))
-
     def qualified_names(self, type_name: str) -> list[str]:
         """From the search's entity headers alone: no read of each entity."""
         return sorted(

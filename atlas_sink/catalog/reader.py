@@ -20,14 +20,6 @@ class CatalogReader(Protocol):
     def qualified_names(self, type_name: str) -> list[str]:
         """Every qualifiedName of the type (and its subtypes), however many there are."""
 
-    def find(
-        self,
-        type_name: str | None = None,
-        classification: str | None = None,
-        include_subtypes: bool = True,
-        include_propagated: bool = True,
-    ) -> list[StoredEntity]: ...
-
     def referrers(
         self, type_name: str, qualified_name: str, attribute: str | None = None
     ) -> list[Referrer]: ...
@@ -89,18 +81,24 @@ def model_versions(reader: CatalogReader, model_entity: StoredEntity) -> list[St
 
 
 def find_version(
-    reader: CatalogReader, model_entity: StoredEntity, version: str | None = None
+    reader: CatalogReader,
+    model_entity: StoredEntity,
+    version: str | None = None,
+    versions: list[StoredEntity] | None = None,
 ) -> StoredEntity:
-    """``version`` of the model, or the latest one it served."""
+    """``version`` of the model, or the latest one it served. ``versions``: the model's, when
+    the caller read them already (read here only when needed: one request per version in
+    Atlas)."""
     (model, *_), cluster = naming.split(model_entity.qualified_name)
-    versions = model_versions(reader, model_entity)
     chosen = version or model_entity.attributes.get("latestVersion")
-    if chosen is None and versions:
-        chosen = versions[-1].attributes.get("version")
+    if chosen is None:
+        versions = model_versions(reader, model_entity) if versions is None else versions
+        chosen = versions[-1].attributes.get("version") if versions else None
     if chosen is None:
         raise ModelNotFound(f"model {model!r} has no loaded version in the catalog")
     found = reader.entity(MODEL_VERSION, naming.model_version(model, str(chosen), cluster))
     if found is None:
+        versions = model_versions(reader, model_entity) if versions is None else versions
         raise ModelNotFound(
             f"no version {str(chosen)!r} of model {model!r} in cluster {cluster!r}; versions "
             f"known: {[e.attributes.get('version') for e in versions]}"
@@ -108,17 +106,23 @@ def find_version(
     return found
 
 
-def model_lineage(reader: CatalogReader, version: StoredEntity, depth: int = 0) -> LineageGraph:
+def model_lineage(
+    reader: CatalogReader,
+    version: StoredEntity,
+    depth: int = 0,
+    deployments: list[str] | None = None,
+) -> LineageGraph:
     """The version's lineage, with each deployment's other inputs. A data set's own lineage
     shows what feeds it and what it feeds, not what else feeds the processes downstream
     (Atlas draws it so too); adding the deployments' inputs shows the data flowing through
-    serving."""
+    serving. ``deployments``: their qualified names, when the caller read them already."""
     base = reader.lineage(MODEL_VERSION, version.qualified_name, "BOTH", depth)
-    deployments = [
-        r.entity.qualified_name
-        for r in reader.referrers(MODEL_VERSION, version.qualified_name, "inputs")
-        if r.entity.type_name == DEPLOYMENT
-    ]
+    if deployments is None:
+        deployments = [
+            r.entity.qualified_name
+            for r in reader.referrers(MODEL_VERSION, version.qualified_name, "inputs")
+            if r.entity.type_name == DEPLOYMENT
+        ]
     nodes = dict(base.nodes)
     relations = set(base.relations)
     for deployment in deployments:

@@ -86,7 +86,7 @@ def build_report(
     model_entity = find_model(reader, model, cluster)
     _, model_cluster = naming.split(model_entity.qualified_name)
     versions = model_versions(reader, model_entity)
-    current = find_version(reader, model_entity, version)
+    current = find_version(reader, model_entity, version, versions)
     version_qn = current.qualified_name
     attrs = current.attributes
 
@@ -178,7 +178,7 @@ def build_report(
     )
     input_ref = current.references.get("inputSchema")
     output_ref = current.references.get("outputSchema")
-    lineage = model_lineage(reader, current)
+    lineage = model_lineage(reader, current, deployments=[d["qualifiedName"] for d in deployments])
 
     data: dict[str, Any] = {
         "model": {
