@@ -14,6 +14,10 @@ from atlas_sink.core.pipeline import RawMessage
 from atlas_sink.runtime.config import SinkConfig
 from atlas_sink.runtime.logs import throttled
 
+# A consumer loop or a snapshot read checks for a stop request (and the live loop beats its
+# heartbeat) at least this often.
+SLICE_SECONDS = 0.2
+
 # What librdkafka reports (its log lines and error callbacks), once per kind per 30 s.
 kafka_log = throttled("servemeta.sink.kafka")
 

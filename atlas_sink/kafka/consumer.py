@@ -41,6 +41,7 @@ from atlas_sink.kafka.client import (
     FATAL_CODES,
     LOST_GENERATION,
     REFUSED_CODES,
+    SLICE_SECONDS,
     SinkFatal,
     client_error,
     consumer_config,
@@ -56,8 +57,6 @@ from atlas_sink.runtime.retry import backoff_seconds
 
 log = logging.getLogger("servemeta.sink.consumer")
 
-# The loop checks for a stop request and beats its heartbeat at least this often.
-SLICE_SECONDS = 0.2
 LAG_INTERVAL_SECONDS = 2.0
 
 

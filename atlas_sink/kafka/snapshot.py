@@ -12,14 +12,17 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from atlas_sink.kafka.client import FATAL_CODES, SinkFatal, consumer_config, fatal_message
+from atlas_sink.kafka.client import (
+    FATAL_CODES,
+    SLICE_SECONDS,
+    SinkFatal,
+    consumer_config,
+    fatal_message,
+)
 from atlas_sink.runtime.config import SinkConfig
 from atlas_sink.runtime.exit_codes import EXIT_KAFKA
 
 log = logging.getLogger("servemeta.sink.snapshot")
-
-# A read checks for a stop request at least this often.
-SLICE_SECONDS = 0.2
 
 
 def read_snapshot(
