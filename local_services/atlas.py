@@ -25,9 +25,8 @@ own definitions of the Atlas types it needs (``deploy/atlas/builtin/*.yaml``, re
 ``atlas_sink.atlas.builtin_types``): the base and internal types, the glossary, and the
 built-in data set types the sink writes. They are rendered once into Atlas model files in the
 cache (a folder named by their digest, reused by later starts) and linked into
-``atlas.home/models``. The
-project's ``servemeta_*`` types are not among them: the sink registers those itself
-(``atlas-sink init-types``), as it does on any Atlas.
+``atlas.home/models``. The project's ``servemeta_*`` types are not among them: the sink
+registers those itself (``atlas-sink init-types``), as it does on any Atlas.
 
 Java: Atlas 2.x does not start on Java 17+ (a static block of AtlasJanusGraphDatabase reflects on
 ``Field.modifiers``). ``$SERVEMETA_ATLAS_JAVA_HOME`` may name a Java 8 or 11; otherwise the Java 11
