@@ -33,6 +33,10 @@ from capture.events import (
     Envelope,
     ModelEvent,
     ModelIdentity,
+    ModelLoaded,
+    ModelLoadFailed,
+    ModelUnloaded,
+    Payload,
     Producer,
     ScoringStats,
     to_avro,
@@ -45,12 +49,28 @@ FRAME = single_object_framer()
 DEPLOY = naming.deployment("wine-scorer", "wine", "local")
 
 
-def _event(instance: str, sequence: int, offset_us: int, requests: int) -> ModelEvent:
+def _event(
+    instance: str,
+    sequence: int,
+    offset_us: int,
+    requests: int,
+    *,
+    version: str = "1",
+    ending: str = "stats",
+) -> ModelEvent:
+    """Sequence 1 loads ``version``; later ones are windows, and the last may be ``ending``:
+    an unload of it, or a failed load of another version (which leaves it serving)."""
     at = T0 + timedelta(seconds=10 * sequence, microseconds=offset_us)
-    payload = (
-        model_loaded()
-        if sequence == 1
-        else dataclasses.replace(
+    payload: Payload
+    if sequence == 1:
+        payload = model_loaded()
+    elif ending == "unload":
+        payload = ModelUnloaded(reason=f"{instance} stopped")
+    elif ending == "fail":
+        payload = ModelLoadFailed(reason="corrupt", error_kind="ValueError")
+        version = "9"
+    else:
+        payload = dataclasses.replace(
             scoring_stats(),
             window_start=at - timedelta(seconds=10),
             window_end=at,
@@ -58,7 +78,6 @@ def _event(instance: str, sequence: int, offset_us: int, requests: int) -> Model
             error_count=requests // 10,
             errors_by_kind={"timeout": requests // 10} if requests // 10 else {},
         )
-    )
     envelope = Envelope(
         event_id=f"{instance}-{sequence}",
         event_time=at,
@@ -67,22 +86,44 @@ def _event(instance: str, sequence: int, offset_us: int, requests: int) -> Model
         ),
         sequence=sequence,
         deployment=Deployment(server_kind="python", server_name="wine-scorer", cluster="local"),
-        model=ModelIdentity(name="wine", version="1"),
+        model=ModelIdentity(name="wine", version=version),
     )
     return ModelEvent(envelope=envelope, payload=payload)
+
+
+def _expected_status(distinct: list[ModelEvent]) -> tuple[str | None, str | None]:
+    """(status, version served) computed directly: the version loaded last, and the newest
+    word on that version."""
+    loads = [e for e in distinct if isinstance(e.payload, ModelLoaded)]
+    if not loads:
+        return None, None
+    served = max(loads, key=lambda e: e.envelope.event_time).envelope.model.version
+    about = [
+        e
+        for e in distinct
+        if e.envelope.model.version == served and not isinstance(e.payload, ScoringStats)
+    ]
+    newest = max(about, key=lambda e: e.envelope.event_time).payload
+    status = {ModelLoaded: "IN_SERVICE", ModelUnloaded: "STOPPED"}[type(newest)]
+    return status, served
 
 
 @st.composite
 def arrival_logs(draw: st.DrawFn) -> tuple[list[ModelEvent], list[ModelEvent], list[int]]:
     """(distinct events as first seen, the arrival log, sink lifetimes as cut points)."""
-    # Replicas, and a restart of the first one under a new instance id.
+    # Replicas, and a restart of the first one under a new instance id; each loads a version
+    # of its own (a rolling update), and may end unloading it or failing to load another.
     instances = ["r1", "r2", "r1-restarted"][: draw(st.integers(1, 3))]
     distinct: list[ModelEvent] = []
     for n, instance in enumerate(instances):
         length = draw(st.integers(1, 8))
+        ending = draw(st.sampled_from(["stats", "unload", "fail"])) if length > 1 else "stats"
         for sequence in range(1, length + 1):
             requests = draw(st.integers(1, 50))
-            distinct.append(_event(instance, sequence, 1 + 97 * n, requests))
+            last = ending if sequence == length else "stats"
+            distinct.append(
+                _event(instance, sequence, 1 + 97 * n, requests, version=str(n + 1), ending=last)
+            )
     log = list(draw(st.permutations(distinct)))
     for _ in range(draw(st.integers(0, 6))):  # redeliveries, anywhere after the original
         at = draw(st.integers(0, len(log) - 1))
@@ -166,6 +207,10 @@ def test_live_runs_with_restarts_equal_a_replay_and_the_distinct_events(
             newest = max(windows, key=lambda e: e.envelope.event_time)
             assert isinstance(newest.payload, ScoringStats)
             assert deployment.attributes["windowRequests"] == newest.payload.request_count
+        # The status is that of the version loaded last, whatever else was unloaded or failed.
+        status, served = _expected_status(distinct)
+        attributes = deployment.attributes
+        assert (attributes.get("status"), attributes.get("currentVersion")) == (status, served)
         # The order of arrival leaves no trace: the distinct events in order end the same.
         ordered_deployment = ordered.entity(DEPLOYMENT, DEPLOY)
         assert ordered_deployment is not None

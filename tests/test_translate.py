@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import random
 import re
 import uuid
@@ -25,6 +27,7 @@ from atlas_sink.core.entities import (
     Entity,
     EntityState,
     Ref,
+    Served,
     Update,
 )
 from atlas_sink.core.translate import (
@@ -167,10 +170,11 @@ def test_model_loaded_builds_training_and_serving_lineage() -> None:
     assert training.key is None
     deployment = one(updates, DEPLOY)
     assert deployment.references == {"inputs": [REQUESTS, VERSION], "outputs": [SCORES]}
-    assert deployment.values["status"] == "IN_SERVICE"
+    # The status is derived when coalescing, from every version's newest word.
+    assert "status" not in deployment.values
+    assert deployment.served == Served("1", "IN_SERVICE", None, loaded=True)
     assert deployment.values["currentVersion"] == "1"
     assert deployment.values["replicas"] == 2
-    assert deployment.values["statusSince"] == micros(T0 + timedelta(seconds=1)) // 1000
     version = one(updates, VERSION)
     assert version.references == {
         "model": MODEL_REF,
@@ -236,10 +240,8 @@ def test_model_load_failed_marks_version_and_deployment_failed() -> None:
     assert version.values["status"] == "FAILED"
     assert version.values["statusReason"] == "FileNotFoundError: file not found"
     assert version.values["artifactUri"] == "s3://m/w/1"
-    deployment = one(updates, DEPLOY).values
-    assert (deployment["status"], deployment["statusReason"]) == (
-        "FAILED",
-        "FileNotFoundError: file not found",
+    assert one(updates, DEPLOY).served == Served(
+        "1", "FAILED", "FileNotFoundError: file not found", loaded=False
     )
 
 
@@ -247,8 +249,7 @@ def test_model_unloaded_stops_the_deployment() -> None:
     updates = translate(event(ModelUnloaded(reason="shutdown")), NO_RULES)
     assert set(by_ref(updates)) == {VERSION, DEPLOY}
     assert one(updates, VERSION).values["status"] == "UNLOADED"
-    deployment = one(updates, DEPLOY).values
-    assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
+    assert one(updates, DEPLOY).served == Served("1", "STOPPED", "shutdown", loaded=False)
 
 
 def test_schema_changed_records_the_change_and_the_new_schema() -> None:
@@ -492,8 +493,51 @@ def test_an_older_event_never_overwrites_newer_values() -> None:
         assert store[VERSION]["framework"] == "sklearn"
         marks = EntityState.from_attributes(deployment, DEPLOYMENT_TOTALS).applied_sequences
         assert marks == {"i1/wine": ((1, 1),), "i2/wine": ((1, 1),)}
-        assert deployment[ATTRIBUTE_TIMES]["status"] == str(micros(T0 + timedelta(seconds=10)))
         assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
+        assert deployment["statusSince"] == micros(T0 + timedelta(seconds=10)) // 1000
+        assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
+
+
+def _store_after(batches: Iterable[Sequence[ModelEvent]]) -> dict[Ref, dict[str, Any]]:
+    states: dict[Ref, EntityState] = {}
+    store: dict[Ref, dict[str, Any]] = {}
+    for batch in batches:
+        result, states = run([u for e in batch for u in translate(e, NO_RULES)], states)
+        for entity in result.entities:
+            store.setdefault(entity.ref, {}).update(entity.attributes)
+    return store
+
+
+def test_a_deployment_status_follows_the_version_it_serves_in_any_arrival_order() -> None:
+    def at(seconds: int) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    load_1 = event(model_loaded(), 1, at=at(1))
+    load_2 = event(
+        dataclasses.replace(model_loaded(), replaces_version="1"), 2, version="2", at=at(2)
+    )
+    unload_1 = event(ModelUnloaded(reason="replaced"), 3, at=at(3))
+    fail_3 = event(
+        ModelLoadFailed(reason="corrupt", error_kind="ValueError"), 4, version="3", at=at(4)
+    )
+    for order in itertools.permutations([load_1, load_2, unload_1, fail_3]):
+        for batches in ([order], [[e] for e in order]):
+            deployment = _store_after(batches)[DEPLOY]
+            assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", "2")
+            assert deployment["statusSince"] == micros(at(2)) // 1000
+            served = {v: json.loads(r)["status"] for v, r in deployment["servedVersions"].items()}
+            assert served == {"1": "STOPPED", "2": "IN_SERVICE", "3": "FAILED"}
+    # Unloading the version it serves does stop it.
+    unload_2 = event(ModelUnloaded(reason="shutdown"), 5, version="2", at=at(5))
+    deployment = _store_after([[unload_2], [fail_3, load_2, load_1]])[DEPLOY]
+    assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
+
+
+def test_a_first_load_that_fails_marks_the_deployment_failed() -> None:
+    failed = event(ModelLoadFailed(reason="no file", error_kind="OSError"))
+    deployment = _store_after([[failed]])[DEPLOY]
+    assert (deployment["status"], deployment["statusReason"]) == ("FAILED", "OSError: no file")
+    assert "currentVersion" not in deployment
 
 
 def test_a_late_stats_window_adds_to_totals_but_not_to_the_latest_window() -> None:

@@ -8,6 +8,8 @@ Rules, per entity:
 - each attribute keeps the value of the newest event that set it (event time), so an old
   event never overwrites newer state, in whatever order events arrive;
 - totals add once per applied event;
+- a deployment's status is derived from what the newest event about each version said and
+  which version was loaded last, so news of a version it no longer serves changes nothing;
 - classifications only accumulate.
 The result depends only on the set of events, not on how they were split into batches, so a
 replay from the beginning ends where the live run ended.
@@ -80,6 +82,8 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             for name, delta in update.totals.items():
                 totals[name] = totals.get(name, 0) + delta
         moment = key.event_time
+        if update.served is not None:
+            state.serve(update.served, moment)
         if moment >= state.last_event_time:
             # The usual case, events in order: newer than anything applied, so every value
             # wins (each attribute's time is at most last_event_time).

@@ -13,6 +13,7 @@ values it guards, so it survives with the catalog: a restarted sink and a replay
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,10 +27,14 @@ LAST_EVENT_TIME = "lastEventTime"
 LAST_EVENT_ID = "lastEventId"
 ATTRIBUTE_TIMES = "attributeTimes"
 WATERMARKS = "producerWatermarks"
+# Deployments only: per version, what the newest event about it said (see ``Served``).
+SERVED_VERSIONS = "servedVersions"
 
 # At most this many producers' sequence ranges per entity: restarts create new producer
 # instances, and their ranges only matter while their events can still be redelivered.
 MAX_WATERMARKS = 64
+# At most this many versions' records per deployment; the one it serves is always kept.
+MAX_SERVED_VERSIONS = 32
 
 
 # Ref, EventKey and Update are named tuples rather than frozen dataclasses: they are made
@@ -49,6 +54,24 @@ class EventKey(NamedTuple):
     sequence: int
 
 
+class Served(NamedTuple):
+    """What one lifecycle event says about one version on a deployment."""
+
+    version: str
+    status: str  # IN_SERVICE (it was loaded), FAILED, STOPPED
+    reason: str | None
+    loaded: bool
+
+
+class VersionRecord(NamedTuple):
+    """The newest word on one version of a deployment, and when it was last loaded there."""
+
+    loaded_at: int  # microseconds; 0: never loaded here
+    at: int  # event time of ``status``
+    status: str
+    reason: str | None
+
+
 @dataclass(slots=True)
 class EntityState:
     """What guards a mutable entity against old and repeated events.
@@ -66,6 +89,10 @@ class EntityState:
     # When each producer's sequences last grew: pruning keeps the most recently active
     # producers, not the highest sequences (a restarted producer starts again at 1).
     marked_at: dict[str, int] = field(default_factory=dict)
+    # Deployments: per version served there. The deployment's status is derived from these
+    # (``deployment_status``), never taken from the newest event alone: unloading the version
+    # a deployment no longer serves must not stop the one it serves, in any arrival order.
+    served: dict[str, VersionRecord] = field(default_factory=dict)
 
     def applied(self, key: EventKey) -> bool:
         return sequence_ranges.contains(self.applied_sequences.get(key.producer, ()), key.sequence)
@@ -80,6 +107,33 @@ class EntityState:
         self.applied_sequences[key.producer] = sequence_ranges.add(ranges, key.sequence)
         self.marked_at[key.producer] = max(self.marked_at.get(key.producer, 0), key.event_time)
 
+    def serve(self, served: Served, moment: int) -> None:
+        """Merge one event's word on a version: the newest status wins, the latest load counts.
+        Both are order-free, so the result depends on the set of events alone."""
+        record = self.served.get(served.version)
+        loaded_at = moment if served.loaded else 0
+        if record is None:
+            self.served[served.version] = VersionRecord(
+                loaded_at, moment, served.status, served.reason
+            )
+            return
+        loaded_at = max(record.loaded_at, loaded_at)
+        if moment >= record.at:
+            record = VersionRecord(loaded_at, moment, served.status, served.reason)
+        else:
+            record = record._replace(loaded_at=loaded_at)
+        self.served[served.version] = record
+
+    def current_version(self) -> str | None:
+        """The version loaded last (a deployment serves one version at a time); with none ever
+        loaded, the one heard of last (a first load that failed)."""
+        if not self.served:
+            return None
+        records = self.served
+        if any(r.loaded_at for r in records.values()):
+            return max(records, key=lambda v: (records[v].loaded_at, v))
+        return max(records, key=lambda v: (records[v].at, v))
+
     def copy(self) -> EntityState:
         return EntityState(
             dict(self.times),
@@ -88,7 +142,37 @@ class EntityState:
             self.last_event_time,
             self.last_event_id,
             dict(self.marked_at),
+            dict(self.served),
         )
+
+    def _served_attributes(self) -> dict[str, Any]:
+        current = self.current_version()
+        if current is None:
+            return {}
+        record = self.served[current]
+        records = self.served
+        others = sorted(
+            (v for v in records if v != current),
+            key=lambda v: (max(records[v].at, records[v].loaded_at), v),
+        )
+        kept = [current, *others[-(MAX_SERVED_VERSIONS - 1) :]]
+        return {
+            "status": record.status,
+            "statusReason": record.reason,
+            "statusSince": record.at // 1000,
+            SERVED_VERSIONS: {
+                v: json.dumps(
+                    {
+                        "status": records[v].status,
+                        "at": records[v].at,
+                        "loadedAt": records[v].loaded_at,
+                        "reason": records[v].reason,
+                    },
+                    separators=(",", ":"),
+                )
+                for v in sorted(kept)
+            },
+        }
 
     def to_attributes(self) -> dict[str, Any]:
         """Atlas maps hold strings: a producer's sequences are written as
@@ -104,6 +188,7 @@ class EntityState:
             LAST_EVENT_TIME: self.last_event_time,
             LAST_EVENT_ID: self.last_event_id,
             **self.totals,
+            **self._served_attributes(),
         }
 
     @classmethod
@@ -125,7 +210,18 @@ class EntityState:
             last_event_time=int(attributes.get(LAST_EVENT_TIME) or 0),
             last_event_id=attributes.get(LAST_EVENT_ID),
             marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},
+            served={
+                version: _version_record(text)
+                for version, text in (attributes.get(SERVED_VERSIONS) or {}).items()
+            },
         )
+
+
+def _version_record(text: str) -> VersionRecord:
+    record = json.loads(text)
+    return VersionRecord(
+        int(record["loadedAt"]), int(record["at"]), str(record["status"]), record.get("reason")
+    )
 
 
 @dataclass(slots=True)
@@ -157,7 +253,8 @@ class Update(NamedTuple):
     """One event's contribution to one entity, before coalescing.
 
     ``values`` apply only when the event is the newest seen for the entity; ``totals`` are
-    added once per event whatever its age (a late window still happened).
+    added once per event whatever its age (a late window still happened); ``served`` is merged
+    into the deployment's per-version records (``EntityState.serve``).
     ``key`` is None for immutable entities (data sets, schemas): their values never change.
     """
 
@@ -169,6 +266,8 @@ class Update(NamedTuple):
     key: EventKey | None = None
     event_id: str | None = None
     totals: Mapping[str, int] = _NO_TOTALS
+    # Deployments: the version this event is about and what it says of it.
+    served: Served | None = None
 
     @property
     def ref(self) -> Ref:

@@ -23,6 +23,7 @@ from atlas_sink.core.entities import (
     ATTRIBUTE_TIMES,
     LAST_EVENT_ID,
     LAST_EVENT_TIME,
+    SERVED_VERSIONS,
     WATERMARKS,
     Entity,
     EntityState,
@@ -156,7 +157,7 @@ class Counts:
             self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + count
 
 
-_STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID)
+_STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID, SERVED_VERSIONS)
 _TOTALS_BY_TYPE = {DEPLOYMENT: DEPLOYMENT_TOTALS}
 
 

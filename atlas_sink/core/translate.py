@@ -20,7 +20,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from atlas_sink.core import naming
-from atlas_sink.core.entities import EventKey, Ref, Update
+from atlas_sink.core.entities import EventKey, Ref, Served, Update
 from capture.events import (
     DataSchema,
     DataSource,
@@ -116,6 +116,7 @@ class _Context:
         references: dict[str, Ref | list[Ref]] | None = None,
         classifications: Iterable[str] = (),
         totals: dict[str, int] | None = None,
+        served: Served | None = None,
     ) -> Update:
         return Update(
             type_name,
@@ -126,6 +127,7 @@ class _Context:
             key=self.key,
             event_id=self.event.envelope.event_id,
             totals=totals or {},
+            served=served,
         )
 
 
@@ -187,13 +189,23 @@ def _identity_of(deployment: Deployment, model_name: str) -> dict[str, object]:
     }
 
 
-def _deployment_values(ctx: _Context, status: str, reason: str | None) -> dict[str, object]:
-    return {
-        **_deployment_identity(ctx),
-        "status": status,
-        "statusReason": reason,
-        "statusSince": ctx.key.event_time // 1000,
-    }
+def _deployment_update(
+    ctx: _Context,
+    status: str,
+    reason: str | None,
+    values: dict[str, object] | None = None,
+    references: dict[str, Ref | list[Ref]] | None = None,
+) -> Update:
+    """A lifecycle event's word on the deployment. Its status is not set here: the coalescer
+    derives it from every version's newest word (EntityState.serve)."""
+    env = ctx.event.envelope
+    return ctx.mutable(
+        DEPLOYMENT,
+        _deployment_ref(ctx).qualified_name,
+        {**_deployment_identity(ctx), **(values or {})},
+        references=references,
+        served=Served(env.model.version, status, reason, loaded=status == "IN_SERVICE"),
+    )
 
 
 def _version_identity(ctx: _Context, version: str | None = None) -> dict[str, object]:
@@ -375,23 +387,20 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
     inputs = [u.ref for u in io_updates[: len(loaded.inputs)]]
     outputs = [u.ref for u in io_updates[len(loaded.inputs) :]]
     runtime = loaded.runtime
-    values = _deployment_values(ctx, "IN_SERVICE", None)
-    values.update(
-        {
-            "currentVersion": version,
-            "language": runtime.language,
-            "languageVersion": runtime.language_version,
-            "containerImage": runtime.container_image,
-            "host": runtime.host,
-            "endpoint": runtime.endpoint,
-            "replicas": runtime.replicas,
-        }
-    )
     updates.append(
-        ctx.mutable(
-            DEPLOYMENT,
-            _deployment_ref(ctx).qualified_name,
-            values,
+        _deployment_update(
+            ctx,
+            "IN_SERVICE",
+            None,
+            {
+                "currentVersion": version,
+                "language": runtime.language,
+                "languageVersion": runtime.language_version,
+                "containerImage": runtime.container_image,
+                "host": runtime.host,
+                "endpoint": runtime.endpoint,
+                "replicas": runtime.replicas,
+            },
             references={"inputs": [*inputs, version_ref], "outputs": outputs},
         )
     )
@@ -429,11 +438,7 @@ def _model_load_failed(ctx: _Context, failed: ModelLoadFailed) -> list[Update]:
             references={"model": _model_ref(ctx)},
         ),
         ctx.mutable(MODEL, _model_ref(ctx).qualified_name, {"name": env.model.name}),
-        ctx.mutable(
-            DEPLOYMENT,
-            _deployment_ref(ctx).qualified_name,
-            _deployment_values(ctx, "FAILED", reason),
-        ),
+        _deployment_update(ctx, "FAILED", reason),
     ]
 
 
@@ -445,11 +450,7 @@ def _model_unloaded(ctx: _Context, unloaded: ModelUnloaded) -> list[Update]:
             {**_version_identity(ctx), "status": "UNLOADED", "statusReason": unloaded.reason},
             references={"model": _model_ref(ctx)},
         ),
-        ctx.mutable(
-            DEPLOYMENT,
-            _deployment_ref(ctx).qualified_name,
-            _deployment_values(ctx, "STOPPED", unloaded.reason),
-        ),
+        _deployment_update(ctx, "STOPPED", unloaded.reason),
     ]
 
 
