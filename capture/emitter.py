@@ -216,6 +216,7 @@ class Emitter:
             new_schema=new_schema,
             previous_fingerprint=previous.fingerprint if previous else None,
             compatibility=compatibility(previous, new_schema) if previous else "UNKNOWN",  # type: ignore[arg-type]
+            previous_schema=previous,
         )
         return self._emit(model, payload)
 

@@ -195,6 +195,7 @@ class SchemaChanged(_Checked):
     new_schema: DataSchema
     previous_fingerprint: str | None = None
     compatibility: Compatibility = Compatibility.UNKNOWN
+    previous_schema: DataSchema | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -219,7 +219,7 @@ def test_mlflow_pyfunc_column_types(tmp_path: Path) -> None:
         ("b", "bytes", False),
         ("t", "timestamp", True),
         ("arr", "array<double>", False),
-        ("counts", "map<long>", False),
+        ("counts", "map<string,long>", False),
         ("addr", "record<city:string,zip:int>", False),
     ]
     assert fields(facts, "output") == [("score", "double", False)]

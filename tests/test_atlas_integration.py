@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,7 +36,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from atlas_sink.atlas.client import AtlasClient
 from atlas_sink.atlas.typedefs import load_project_typedefs, type_names
 from atlas_sink.core import naming
+from atlas_sink.core.decode import Decoder
 from atlas_sink.core.entities import Entity
+from atlas_sink.core.pipeline import Pipeline, RawMessage
 from atlas_sink.core.target import TargetUnavailable
 from atlas_sink.core.translate import (
     DATA_SCHEMA,
@@ -47,6 +50,7 @@ from atlas_sink.core.translate import (
     MODEL_VERSION,
     SCHEMA_CHANGE,
     TRAINING,
+    Rules,
 )
 from atlas_sink.kafka.consumer import SinkConsumer
 from atlas_sink.kafka.dlq import (
@@ -63,6 +67,7 @@ from atlas_sink.runtime.config import SinkConfig, load_config
 from atlas_sink.runtime.metrics import Health, MetricsServer, SinkMetrics
 from atlas_sink.service import cli, wiring
 from atlas_sink.targets.atlas_rest import AtlasRestTarget
+from atlas_sink.targets.local import LocalCatalog
 from capture.dataschema import data_schema
 from capture.events import (
     Deployment,
@@ -72,6 +77,8 @@ from capture.events import (
     LogSketch,
     ModelEvent,
     ModelIdentity,
+    ModelLoadFailed,
+    ModelUnloaded,
     Payload,
     SchemaChanged,
     ScoringStats,
@@ -726,7 +733,10 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     change = atlas.must(SCHEMA_CHANGE, demo.schema_change)
     assert [c["guid"] for c in relations["schemaChanges"]] == [change["guid"]]
     assert change["attributes"]["previousFingerprint"] == OUTPUT.fingerprint
-    assert change["attributes"]["compatibility"] == "BACKWARD"
+    # The demo's producer claims BACKWARD; a new required field leaves old data unreadable
+    # by the new schema's readers: the sink's own verdict is FORWARD, the claim kept beside.
+    assert change["attributes"]["compatibility"] == "FORWARD"
+    assert change["attributes"]["claimedCompatibility"] == "BACKWARD"
     fields = input_schema["attributes"]["fields"]
     assert [(f["typeName"], f["attributes"]["name"], f["attributes"]["type"]) for f in fields] == [
         ("servemeta_field", "alcohol", "double"),
@@ -749,7 +759,7 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     assert attributes["windowErrors"] == last_errors
     assert attributes["windowStart"] == millis(last_start)
     assert attributes["windowEnd"] == millis(last_start + timedelta(seconds=60))
-    assert attributes["errorsByKind"] == {"timeout": str(last_errors)}
+    assert attributes["windowErrorsByKind"] == {"timeout": last_errors}
     assert attributes["latencyMax"] == pytest.approx(0.004 * (1 + last_errors))
     assert attributes["latencyP99"] == pytest.approx(0.004)
     assert attributes["totalRequests"] == sum(r for r, _ in WINDOWS)
@@ -1275,3 +1285,144 @@ def test_atlas_stopped_mid_run_pauses_the_sink_which_then_catches_up(
             expected[ref],
             ref,
         )
+
+
+def _exactly_once_log(cluster: str) -> tuple[list[ModelEvent], list[ModelEvent]]:
+    """(the distinct events, the arrival log) of a rolling update out of order: replica-a
+    loads version 1 (its source has a PII field, and no rule names the data set), replica-b
+    loads version 2; windows arrive late and twice, an id comes again with another body, the
+    old version's unload comes last, a failed load of version 3 comes first."""
+    pii_fields = [
+        dataclasses.replace(f, classifications=["PII"]) if f.name == "alcohol" else f
+        for f in INPUT.fields
+    ]
+    loaded = model_loaded()
+    source = dataclasses.replace(loaded.training.sources[0], schema=data_schema(pii_fields))
+    loaded = dataclasses.replace(
+        loaded, training=dataclasses.replace(loaded.training, sources=[source])
+    )
+    a = functools.partial(event, cluster, instance="replica-a")
+    b = functools.partial(event, cluster, instance="replica-b", version="2")
+    load_1 = a(loaded, seq=1, seconds=1)
+    windows_a = [a(stats(10 * n, n % 2, 10 * n), seq=1 + n, seconds=10 * n + 60) for n in (1, 2, 3)]
+    load_2 = b(dataclasses.replace(model_loaded(), replaces_version="1"), seq=1, seconds=100)
+    windows_b = [b(stats(7 * n, 0, 100 + 10 * n), seq=1 + n, seconds=160 + 10 * n) for n in (1, 2)]
+    unload_1 = a(ModelUnloaded(reason="replaced"), seq=5, seconds=200)
+    failed_3 = event(
+        cluster,
+        ModelLoadFailed(reason="corrupt", error_kind="ValueError"),
+        instance="replica-b",
+        version="3",
+        seq=4,
+        seconds=300,
+    )
+    distinct = [load_1, *windows_a, load_2, *windows_b, unload_1, failed_3]
+    resent = windows_a[1]
+    assert isinstance(resent.payload, ScoringStats)
+    conflicting = ModelEvent(
+        envelope=resent.envelope,
+        payload=dataclasses.replace(resent.payload, request_count=999),
+    )
+    log = [
+        failed_3,
+        windows_b[1],
+        load_2,
+        windows_a[2],
+        windows_a[0],
+        windows_b[1],  # redelivered
+        load_1,
+        windows_a[1],
+        conflicting,
+        windows_b[0],
+        windows_a[2],  # redelivered
+        unload_1,
+        load_2,  # redelivered
+    ]
+    return distinct, log
+
+
+MUTABLE_ATTRIBUTES = {
+    DEPLOYMENT: (
+        "status",
+        "statusReason",
+        "currentVersion",
+        "totalRequests",
+        "totalErrors",
+        "windowRequests",
+        "servedVersions",
+        "producerWatermarks",
+    ),
+    MODEL_VERSION: ("status", "statusReason", "replacesVersion"),
+    MODEL: ("latestVersion",),
+}
+
+
+@pytest.mark.timeout(BUDGET)
+def test_exactly_once_on_atlas_equals_the_distinct_events_in_order(
+    atlas: Atlas, tmp_path: Path
+) -> None:
+    """The fixed scenario of the property test (tests/test_exactly_once.py) on the real
+    Atlas: three sink lifetimes over an arrival log out of order, with redeliveries and a
+    conflicting id, end where the distinct events in order end in the embedded catalog, and
+    a second pass of the whole log changes nothing."""
+    cluster = new_cluster("once")
+    distinct, log = _exactly_once_log(cluster)
+    messages = [RawMessage("events", 0, i, FRAME(to_avro(e))) for i, e in enumerate(log)]
+    dead: list[str] = []
+    for lifetime in (messages[:4], messages[4:9], messages[9:]):  # a restart between each
+        target = rest_target(atlas.server)
+        target.ensure_types()
+        pipeline = Pipeline(target, Decoder(), Rules())
+        for at in range(0, len(lifetime), 3):
+            dead += [d.reason for d in pipeline.process(lifetime[at : at + 3]).dead]
+        target.close()
+    assert dead == ["conflicting_duplicate"]
+
+    with LocalCatalog(tmp_path / "ordered.sqlite") as ordered:
+        ordered.ensure_types()
+        in_order = sorted(distinct, key=lambda e: e.envelope.event_time)
+        framed = [RawMessage("events", 0, i, FRAME(to_avro(e))) for i, e in enumerate(in_order)]
+        assert Pipeline(ordered, Decoder(), Rules()).process(framed).dead == []
+        refs = [
+            (DEPLOYMENT, naming.deployment(SERVER, "wine", cluster)),
+            *((MODEL_VERSION, naming.model_version("wine", v, cluster)) for v in "123"),
+            (MODEL, naming.model("wine", cluster)),
+        ]
+        for type_name, qualified_name in refs:
+            expected = ordered.entity(type_name, qualified_name)
+            assert expected is not None
+            found = atlas.must(type_name, qualified_name)["attributes"]
+            for name in MUTABLE_ATTRIBUTES[type_name]:
+                assert found.get(name) == expected.attributes.get(name), (qualified_name, name)
+    deployment = atlas.must(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster))
+    attributes = deployment["attributes"]
+    assert (attributes["status"], attributes["currentVersion"]) == ("IN_SERVICE", "2")
+    assert attributes["totalRequests"] == 10 + 20 + 30 + 7 + 14
+    before = stable(deployment)
+
+    # The field's PII reached the lineage below its data set, as a data set's own does.
+    def propagated() -> dict[str, set[str]] | None:
+        found = {
+            qualified_name: set(classification_sources(atlas, atlas.must(t, qualified_name)))
+            for t, qualified_name in (
+                (MODEL_VERSION, naming.model_version("wine", "1", cluster)),
+                (DEPLOYMENT, naming.deployment(SERVER, "wine", cluster)),
+                (KAFKA_TOPIC, naming.kafka_topic("wine-scores", cluster)),
+            )
+        }
+        return found if all("PII" in names for names in found.values()) else None
+
+    poll("PII of a source field propagated", propagated)
+
+    # A second pass of the whole log over the catalog it built, by a fresh sink: every
+    # event is known (its sequence is applied, or it came twice in the pass), the
+    # conflicting one is refused again, and the deployment does not change.
+    target = rest_target(atlas.server)
+    outcome = Pipeline(target, Decoder(), Rules()).process(messages)
+    target.close()
+    assert outcome.dropped_by_reason() == {
+        "already_applied": len(distinct),
+        "redelivered": 3,
+        "conflicting_duplicate": 1,
+    }
+    assert stable(atlas.must(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster))) == before

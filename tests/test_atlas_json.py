@@ -281,7 +281,8 @@ def test_values_are_converted_to_atlas_forms() -> None:
             "statusSince": datetime(2026, 1, 1, tzinfo=UTC),
             "windowStart": 1767225600000,
             "latencyMax": float("nan"),
-            "errorsByKind": {"timeout": 3, "flag": True, "gone": None},
+            "servedVersions": {"1": 3, "2": True, "3": None},
+            "windowErrorsByKind": {"timeout": 3, "gone": None},
             "name": "n",
             "unknownAttribute": float("inf"),
         },
@@ -290,7 +291,8 @@ def test_values_are_converted_to_atlas_forms() -> None:
     assert attributes["statusSince"] == 1767225600000
     assert attributes["windowStart"] == 1767225600000
     assert attributes["latencyMax"] is None
-    assert attributes["errorsByKind"] == {"timeout": "3", "flag": "true"}
+    assert attributes["servedVersions"] == {"1": "3", "2": "true"}  # map<string,string>
+    assert attributes["windowErrorsByKind"] == {"timeout": 3}  # map<string,long>
     assert attributes["unknownAttribute"] is None
     entity_json.dumps(attributes)  # valid JSON: no NaN left
 

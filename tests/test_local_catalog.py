@@ -34,6 +34,7 @@ from atlas_sink.core.translate import (
     micros,
 )
 from atlas_sink.targets.local import EntityNotFound, LocalCatalog
+from capture.dataschema import data_schema
 from capture.events import ModelEvent, ModelUnloaded, Payload, ScoringStats, to_avro
 from capture.framing import single_object_framer
 from tests.conftest import INPUT, OUTPUT, T0, all_payloads, envelope, model_loaded, scoring_stats
@@ -249,6 +250,28 @@ def test_pii_on_a_training_source_propagates_along_lineage(
     assert node.classifications == ()
     # find() and entity() compute propagation the same way.
     assert {e.ref: e for e in catalog.find()}[DEPLOY] == get(catalog, DEPLOY)
+
+
+def test_a_classified_field_of_a_training_source_propagates_like_the_data_set_s_own(
+    catalog: LocalCatalog,
+) -> None:
+    """No data-set rule: only the source's schema says a field holds personal data."""
+    fields = [
+        dataclasses.replace(f, classifications=["PII"]) if f.name == "alcohol" else f
+        for f in INPUT.fields
+    ]
+    schema = data_schema(fields)
+    loaded = model_loaded()
+    source = dataclasses.replace(loaded.training.sources[0], schema=schema)
+    loaded = dataclasses.replace(
+        loaded, training=dataclasses.replace(loaded.training, sources=[source])
+    )
+    outcome = pipeline(catalog, Rules()).process(messages([_event(loaded, 1)]))
+    assert outcome.dead == []
+    assert get(catalog, SOURCE).classifications == ("PII",)
+    for ref in (TRAIN, VERSION, DEPLOY, SCORES):
+        assert get(catalog, ref).propagated_classifications["PII"] == (key(SOURCE),), ref
+    assert "PII" not in get(catalog, REQUESTS).propagated_classifications
 
 
 def test_propagation_does_not_depend_on_write_order(catalog: LocalCatalog) -> None:

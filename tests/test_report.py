@@ -135,7 +135,13 @@ def test_report_answers_every_question(catalog: LocalCatalog) -> None:
 def test_schema_history_belongs_to_its_version(catalog: LocalCatalog) -> None:
     first = build_report(catalog, "wine", version="1").data
     (change,) = first["schemas"]["history"]
-    assert (change["side"], change["compatibility"]) == ("OUTPUT", "FULL")
+    # The producer claimed FULL; a new required field leaves old data unreadable by the new
+    # schema's readers, so the sink's own verdict is FORWARD, and the claim is kept beside it.
+    assert (change["side"], change["compatibility"]) == ("OUTPUT", "FORWARD")
+    assert change["claimedCompatibility"] == "FULL"
+    assert "(FORWARD, the producer claimed FULL)" in render_text(
+        build_report(catalog, "wine", version="1")
+    )
     assert change["newFingerprint"] == NEW_OUTPUT.fingerprint
     assert [f["name"] for f in first["schemas"]["output"]["fields"]] == ["cultivar", "probability"]
     assert build_report(catalog, "wine", version="2").data["schemas"]["history"] == []

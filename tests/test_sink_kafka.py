@@ -44,7 +44,7 @@ from atlas_sink.kafka.dlq import (
 from atlas_sink.kafka.replay import replay
 from atlas_sink.runtime import exit_codes, logs
 from atlas_sink.runtime.config import SinkConfig, load_config
-from atlas_sink.runtime.exit_codes import EXIT_TARGET_AUTH
+from atlas_sink.runtime.exit_codes import EXIT_KAFKA, EXIT_TARGET_AUTH
 from atlas_sink.service import cli, wiring
 from atlas_sink.targets.local import LocalCatalog
 from capture.config import EmitterConfig
@@ -751,3 +751,25 @@ def test_a_rebalance_hands_partitions_over_without_loss_or_double_counting(
         assert deployment is not None
         assert deployment.attributes["totalRequests"] == 12, model  # each window once
     assert committed_total(bootstrap, config) == 36
+
+
+def test_run_exits_4_naming_a_topic_that_does_not_exist(bootstrap: str, tmp_path: Path) -> None:
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    env = sink_env(
+        bootstrap,
+        Topics(events=missing, dlq=f"{missing}.dlq"),
+        SINK_CATALOG_PATH=str(tmp_path / "catalog.sqlite"),
+        SINK_TOPIC_WAIT_SECONDS="2",
+    )
+    sink = SinkProcess(env)
+    try:
+        code = sink.proc.wait(timeout=DEADLINE)
+    finally:
+        sink.stop()
+    logged = sink.rest()
+    assert code == EXIT_KAFKA, logged
+    entries = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert any(e["msg"] == "waiting for topics to exist" for e in entries), logged
+    [final] = [e for e in entries if "exit_code" in e]
+    assert f"topics ['{missing}'] do not exist" in final["msg"]
+    assert "SINK_TOPIC_WAIT_SECONDS" in final["msg"]

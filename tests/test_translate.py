@@ -53,6 +53,7 @@ from atlas_sink.core.translate import (
 )
 from capture.dataschema import data_schema
 from capture.events import (
+    DataSchema,
     DataSource,
     FieldSpec,
     ModelEvent,
@@ -272,7 +273,9 @@ def test_schema_changed_records_the_change_and_the_new_schema() -> None:
         "side": "OUTPUT",
         "previousFingerprint": INPUT.fingerprint,
         "newFingerprint": OUTPUT.fingerprint,
-        "compatibility": "NONE",
+        # Without the previous schema the sink cannot judge; the claim is kept beside.
+        "compatibility": "UNKNOWN",
+        "claimedCompatibility": "NONE",
         "changedAt": micros(at) // 1000,
     }
     assert one(updates, OUTPUT_SCHEMA).values["fields"] == [
@@ -286,6 +289,51 @@ def test_schema_changed_records_the_change_and_the_new_schema() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("claimed", "previous", "new", "judged"),
+    [
+        # A new required field: old data lacks it, so only old readers read new data.
+        (
+            "FULL",
+            OUTPUT,
+            data_schema([*OUTPUT.fields, FieldSpec(name="p", type="double")]),
+            "FORWARD",
+        ),
+        # A new optional field reads both ways.
+        (
+            "NONE",
+            OUTPUT,
+            data_schema([*OUTPUT.fields, FieldSpec(name="p", type="double", nullable=True)]),
+            "FULL",
+        ),
+        # int -> long is a promotion for new readers only.
+        (
+            "FULL",
+            data_schema([FieldSpec(name="n", type="int")]),
+            data_schema([FieldSpec(name="n", type="long")]),
+            "BACKWARD",
+        ),
+        ("UNKNOWN", INPUT, OUTPUT, "NONE"),
+    ],
+)
+def test_the_sink_judges_compatibility_itself_and_keeps_the_claim_beside(
+    claimed: str, previous: DataSchema, new: DataSchema, judged: str
+) -> None:
+    changed = SchemaChanged(
+        side="OUTPUT",  # type: ignore[arg-type]
+        new_fingerprint=new.fingerprint,
+        new_schema=new,
+        previous_fingerprint=previous.fingerprint,
+        compatibility=claimed,  # type: ignore[arg-type]
+        previous_schema=previous,
+    )
+    (record,) = [u for u in translate(event(changed, 7), NO_RULES) if u.type_name == SCHEMA_CHANGE]
+    assert (record.values["compatibility"], record.values["claimedCompatibility"]) == (
+        judged,
+        claimed,
+    )
+
+
 def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
     updates = translate(event(scoring_stats(), 5), NO_RULES)
     deployment = one(updates, DEPLOY)
@@ -294,7 +342,7 @@ def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
     values = deployment.values
     assert (values["windowRequests"], values["windowErrors"]) == (10, 1)
     assert (values["latencyMin"], values["latencyMax"], values["latencyP99"]) == (0.001, 0.02, 0.02)
-    assert values["errorsByKind"] == {"timeout": "1"}
+    assert values["windowErrorsByKind"] == {"timeout": 1}
     assert values["windowStart"] == micros(T0) // 1000
     assert values["windowEnd"] == micros(T0 + timedelta(seconds=60)) // 1000
     assert values["statsModelVersion"] == "1"
@@ -420,9 +468,10 @@ def test_classification_rules_match_data_set_uris_and_field_names() -> None:
     }
     crm = "s3://crm/customers.parquet@local"
     doc_ref = Ref(DATA_SCHEMA, naming.source_schema(doc_schema.fingerprint, crm, "local"))
+    # A source's data set also takes its fields' classifications, to carry them downstream.
     assert classified == {
-        SOURCE: ["PII"],
-        Ref(S3_OBJECT, crm): [],
+        SOURCE: ["PII", "Sensitive"],
+        Ref(S3_OBJECT, crm): ["PII"],
         SOURCE_SCHEMA: ["Sensitive"],
         INPUT_SCHEMA: ["Sensitive"],
         doc_ref: ["PII"],
@@ -906,3 +955,15 @@ def test_the_built_in_types_the_sink_checks_for_are_what_translate_writes() -> N
         assert set(written) <= builtin.declared(type_name), type_name
     relationships = {r["name"] for r in builtin_typedefs()["relationshipDefs"]}
     assert set(ATLAS_RELATIONSHIPS_WRITTEN) <= relationships
+
+
+def test_a_late_event_s_write_still_names_the_entity() -> None:
+    """Atlas refuses an upsert without its mandatory name, even of an existing entity."""
+    newer = event(stats(40, 4), 2, at=T0 + timedelta(seconds=120))
+    late = event(stats(10, 1), 1, at=T0 + timedelta(seconds=60))
+    _, states = run(translate(newer, NO_RULES))
+    result, _ = run(translate(late, NO_RULES), states)
+    deployment = entities_of(result)[DEPLOY].attributes
+    assert deployment["name"] == "wine-scorer serving wine"
+    assert "windowRequests" not in deployment  # the late window's values lose to the newer
+    assert deployment["totalRequests"] == 50

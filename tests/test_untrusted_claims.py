@@ -11,18 +11,21 @@ from pathlib import Path
 from atlas_sink.core import naming
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.pipeline import Pipeline, RawMessage
-from atlas_sink.core.translate import DATA_SCHEMA, Rules
+from atlas_sink.core.translate import DATA_SCHEMA, SCHEMA_CHANGE, Rules
 from atlas_sink.targets.local import LocalCatalog
-from capture.dataschema import fingerprint
+from capture.dataschema import data_schema, fingerprint
 from capture.events import (
+    Compatibility,
     DataSchema,
     FieldSpec,
     ModelEvent,
     ModelIdentity,
+    SchemaChanged,
+    SchemaSide,
     to_avro,
 )
 from capture.framing import single_object_framer
-from tests.conftest import INPUT, envelope, model_loaded
+from tests.conftest import INPUT, OUTPUT, envelope, model_loaded
 
 FRAME = single_object_framer()
 README = Path(__file__).resolve().parents[1] / "schemas" / "README.md"
@@ -76,3 +79,67 @@ def test_a_name_with_a_right_to_left_override_is_refused_by_the_sink(tmp_path: P
         outcome = Pipeline(catalog, Decoder(), Rules()).process([message])
     assert [letter.reason for letter in outcome.dead] == ["validation"]
     assert "U+202E" in outcome.dead[0].detail
+
+
+NEW_OUTPUT = data_schema([*OUTPUT.fields, FieldSpec(name="probability", type="double")])
+
+
+def _changed(sequence: int, claimed: str, previous: DataSchema | None) -> RawMessage:
+    payload = SchemaChanged(
+        side=SchemaSide.OUTPUT,
+        new_fingerprint=NEW_OUTPUT.fingerprint,
+        new_schema=NEW_OUTPUT,
+        previous_fingerprint=OUTPUT.fingerprint,
+        compatibility=Compatibility(claimed),
+        previous_schema=previous,
+    )
+    event = ModelEvent(envelope=envelope(sequence), payload=payload)
+    return RawMessage("events", 0, sequence, FRAME(to_avro(event)))
+
+
+def _verdicts(catalog: LocalCatalog) -> list[tuple[str, str]]:
+    verdicts = []
+    for name in catalog.qualified_names(SCHEMA_CHANGE):
+        change = catalog.entity(SCHEMA_CHANGE, name)
+        assert change is not None
+        verdicts.append(
+            (change.attributes["compatibility"], change.attributes["claimedCompatibility"])
+        )
+    return verdicts
+
+
+def test_the_sink_overrules_a_wrong_compatibility_claim_with_its_own_verdict(
+    tmp_path: Path,
+) -> None:
+    """The previous schema comes with the event (contract v2): judged from the event alone,
+    on a catalog that has never seen it."""
+    with LocalCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.ensure_types()
+        outcome = Pipeline(catalog, Decoder(), Rules()).process([_changed(1, "FULL", OUTPUT)])
+        assert (outcome.dead, outcome.compatibility) == ([], {"overruled": 1})
+        assert _verdicts(catalog) == [("FORWARD", "FULL")]
+
+
+def test_a_producer_naming_the_previous_schema_by_fingerprint_only_is_judged_from_the_catalog(
+    tmp_path: Path,
+) -> None:
+    """A v1 producer sends no previous_schema: the sink finds it among the schemas it has
+    stored, also after a restart (a new pipeline with empty caches); unknown, it says so."""
+    with LocalCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.ensure_types()
+        unknown = Pipeline(catalog, Decoder(), Rules()).process([_changed(1, "FULL", None)])
+        assert unknown.compatibility == {"unjudged": 1}
+        Pipeline(catalog, Decoder(), Rules()).process([_loaded("wine", 2, INPUT)])
+        restarted = Pipeline(catalog, Decoder(), Rules())
+        assert restarted.process([_changed(3, "FORWARD", None)]).compatibility == {"agreed": 1}
+        assert sorted(_verdicts(catalog)) == [("FORWARD", "FORWARD"), ("UNKNOWN", "FULL")]
+
+
+def test_a_previous_schema_that_is_not_the_one_named_is_dead_lettered(tmp_path: Path) -> None:
+    with LocalCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.ensure_types()
+        outcome = Pipeline(catalog, Decoder(), Rules()).process([_changed(1, "FULL", INPUT)])
+        assert [letter.reason for letter in outcome.dead] == ["inconsistent"]
+        assert INPUT.fingerprint in outcome.dead[0].detail
+        assert OUTPUT.fingerprint in outcome.dead[0].detail
+        assert _verdicts(catalog) == []

@@ -156,7 +156,7 @@ def build_report(
                     "requests": requests,
                     "errors": pa.get("windowErrors"),
                     "errorRate": (pa.get("windowErrors") or 0) / requests if requests else None,
-                    "errorsByKind": pa.get("errorsByKind") or {},
+                    "errorsByKind": pa.get("windowErrorsByKind") or {},
                     "latencySeconds": {
                         k: pa.get(f"latency{k.title()}")
                         for k in ("min", "p50", "p95", "p99", "max")
@@ -232,6 +232,7 @@ def build_report(
                     "previousFingerprint": c.get("previousFingerprint"),
                     "newFingerprint": c.get("newFingerprint"),
                     "compatibility": c.get("compatibility"),
+                    "claimedCompatibility": c.get("claimedCompatibility"),
                 }
                 for c in changes
             ],
@@ -336,10 +337,12 @@ def render_text(report: Report) -> str:
     out.append("  output:")
     out += _fields(d["schemas"]["output"])
     for change in d["schemas"]["history"] or []:
+        verdict, claimed = change["compatibility"], change["claimedCompatibility"]
+        differs = claimed not in (None, verdict, "UNKNOWN")
         out.append(
             f"  changed {change['changedAt']}: {change['side'].lower()} "
             f"{change['previousFingerprint']} -> {change['newFingerprint']} "
-            f"({change['compatibility']})"
+            f"({verdict}{f', the producer claimed {claimed}' if differs else ''})"
         )
     tax = d["taxonomy"]
     out.append("7. Taxonomy and classifications")

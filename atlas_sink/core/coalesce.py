@@ -20,7 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from atlas_sink.core.entities import Entity, EntityState, Ref, Update
+from atlas_sink.core.entities import (
+    IDENTITY_ATTRIBUTES,
+    Entity,
+    EntityState,
+    EventKey,
+    Ref,
+    Update,
+)
 
 
 @dataclass
@@ -32,6 +39,18 @@ class Coalesced:
     updates: int = 0
     # Refs whose state was needed but not supplied: the caller must load them first.
     missing_states: set[Ref] = field(default_factory=set)
+    # Events (by key) with an update applied, or recognised as applied already: an event
+    # none of whose updates applied was dropped, for the reason its updates give.
+    applied_keys: set[EventKey] = field(default_factory=set)
+    duplicate_keys: set[EventKey] = field(default_factory=set)
+    beyond_window_keys: set[EventKey] = field(default_factory=set)
+
+    def dropped_events(self) -> dict[str, set[EventKey]]:
+        """Events dropped whole, by reason: ``already_applied`` or ``beyond_dedup_window``."""
+        beyond = self.beyond_window_keys - self.applied_keys
+        duplicate = self.duplicate_keys - self.applied_keys - beyond
+        dropped = {"already_applied": duplicate, "beyond_dedup_window": beyond}
+        return {reason: keys for reason, keys in dropped.items() if keys}
 
 
 def refs_needing_state(updates: Iterable[Update]) -> set[Ref]:
@@ -72,10 +91,13 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
         if state.applied(key):
             if state.beyond_window(key):
                 result.beyond_window += 1
+                result.beyond_window_keys.add(key)
             else:
                 result.duplicates += 1
+                result.duplicate_keys.add(key)
             continue
         applied.add(ref)
+        result.applied_keys.add(key)
         state.mark(key)
         if update.totals:
             totals = state.totals
@@ -95,6 +117,11 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             state.last_event_time = moment
             state.last_event_id = update.event_id
             continue
+        for name in IDENTITY_ATTRIBUTES.intersection(update.values):
+            # Atlas refuses an upsert without a mandatory attribute (ATLAS-404-00-007), even
+            # of an entity it has; these follow from the entity's identity alone, so a late
+            # event's are as right as the newest one's.
+            entity.attributes.setdefault(name, update.values[name])
         for name, value in update.values.items():
             if state.times.get(name, -1) <= moment:
                 state.times[name] = moment

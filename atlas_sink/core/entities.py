@@ -30,6 +30,10 @@ WATERMARKS = "producerWatermarks"
 # Deployments only: per version, what the newest event about it said (see ``Served``).
 SERVED_VERSIONS = "servedVersions"
 
+# Values of a mutable entity fixed by its qualifiedName (model and version names): the same in
+# every event about it, and mandatory in Atlas, so written with every upsert.
+IDENTITY_ATTRIBUTES = frozenset({"name", "modelName", "version"})
+
 # At most this many producers' sequence ranges per entity: restarts create new producer
 # instances, and their ranges only matter while their events can still be redelivered.
 MAX_WATERMARKS = 64

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from atlas_sink.core.coalesce import coalesce, refs_needing_state
+from atlas_sink.core.coalesce import Coalesced, coalesce, refs_needing_state
 from atlas_sink.core.decode import DecodeError, Decoder
 from atlas_sink.core.entities import (
     ATTRIBUTE_TIMES,
@@ -30,10 +30,17 @@ from atlas_sink.core.entities import (
     Ref,
     Update,
 )
+from atlas_sink.core.previous_schemas import PreviousSchemas, schemas_in
 from atlas_sink.core.target import Target
-from atlas_sink.core.translate import DEPLOYMENT, DEPLOYMENT_TOTALS, Rules, translate
+from atlas_sink.core.translate import (
+    DEPLOYMENT,
+    DEPLOYMENT_TOTALS,
+    Rules,
+    judged_compatibility,
+    translate,
+)
 from atlas_sink.core.validate import InvalidEvent, Limits, check_event, check_names, check_size
-from capture.events import ModelEvent
+from capture.events import Compatibility, ModelEvent, SchemaChanged
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -127,13 +134,39 @@ class BatchOutcome:
     # Updates taken for applied only because their producer's oldest sequence gaps were given
     # up (``sequence_ranges``): possibly never applied, so counted apart from duplicates.
     beyond_window: int = 0
+    # Schema changes by how the sink's own verdict compares with the producer's claim:
+    # agreed, overruled (both known and different) or unjudged (previous schema unknown).
+    compatibility: dict[str, int] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    # Valid events dropped without a dead letter, by reason (``redelivered``: a known id with
+    # the same body; ``already_applied``, ``beyond_dedup_window``: see coalesce), each with
+    # the position of one of them, for the log.
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_example: dict[str, str] = field(default_factory=dict)
 
     def dead_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for letter in self.dead:
             counts[letter.reason] = counts.get(letter.reason, 0) + 1
         return counts
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Every message that changed nothing in the catalog, by reason, dead or skipped."""
+        counts = self.dead_by_reason()
+        for reason, count in self.skipped.items():
+            counts[reason] = counts.get(reason, 0) + count
+        return counts
+
+    def drop_examples(self) -> dict[str, str]:
+        """One dropped message per reason: where it is, and for a dead letter why."""
+        examples = dict(self.skipped_example)
+        for letter in self.dead:
+            examples.setdefault(letter.reason, f"{describe(letter.message)}: {letter.detail[:300]}")
+        return examples
+
+    def skip(self, reason: str, message: RawMessage, count: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        self.skipped_example.setdefault(reason, describe(message))
 
 
 @dataclass
@@ -146,6 +179,7 @@ class Counts:
     updates: int = 0
     entities_written: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def add(self, outcome: BatchOutcome) -> None:
         self.consumed += outcome.consumed
@@ -155,6 +189,8 @@ class Counts:
         self.entities_written += outcome.entities_written
         for reason, count in outcome.dead_by_reason().items():
             self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + count
+        for reason, count in outcome.dropped_by_reason().items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
 _STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID, SERVED_VERSIONS)
@@ -183,6 +219,7 @@ class Pipeline:
         # Redelivery after a crash repeats at most a few batches, and the entities' own
         # watermarks catch anything older: the id set only needs to cover recent events.
         self._seen = RecentIds(recent_ids)
+        self._previous_schemas = PreviousSchemas(lambda refs, names: self.target.fetch(refs, names))
 
     def decode(self, message: RawMessage) -> ModelEvent:
         """Raises DecodeError or InvalidEvent; both carry a reason and a message."""
@@ -211,6 +248,7 @@ class Pipeline:
             if known is not None:
                 if known == digest:
                     outcome.duplicates += 1
+                    outcome.skip("redelivered", message)
                 else:
                     outcome.dead.append(
                         DeadLetter(
@@ -223,6 +261,11 @@ class Pipeline:
                         )
                     )
                 continue
+            self._previous_schemas.remember(schemas_in(event))
+            event = self._previous_schemas.complete(event)
+            if isinstance(event.payload, SchemaChanged):
+                verdict = _verdict_on_claim(event.payload)
+                outcome.compatibility[verdict] = outcome.compatibility.get(verdict, 0) + 1
             try:
                 translated = translate(event, rules)
                 check_names(translated)
@@ -242,6 +285,8 @@ class Pipeline:
         result = coalesce(updates, states)
         outcome.duplicates += result.duplicates
         outcome.beyond_window += result.beyond_window
+        if result.duplicate_keys or result.beyond_window_keys:
+            self._count_skipped(batch, updates, sources, result, outcome)
         entities = [
             e for e in result.entities if e.ref in result.states or self._changed_since_written(e)
         ]
@@ -273,6 +318,18 @@ class Pipeline:
             accepted = [i for i, index in batch_ids.items() if _position(batch[index]) not in dead]
         self._remember(entities, result.states, rejected, {i: digests[i] for i in accepted})
         return outcome
+
+    @staticmethod
+    def _count_skipped(
+        batch: Sequence[RawMessage],
+        updates: list[Update],
+        sources: list[int],
+        result: Coalesced,
+        outcome: BatchOutcome,
+    ) -> None:
+        where = {u.key: i for u, i in zip(updates, sources, strict=True) if u.key is not None}
+        for reason, keys in result.dropped_events().items():
+            outcome.skip(reason, batch[where[next(iter(keys))]], len(keys))
 
     def _load_states(self, refs: set[Ref]) -> dict[Ref, EntityState]:
         states: dict[Ref, EntityState] = {}
@@ -316,6 +373,14 @@ class Pipeline:
             self._seen.add(event_id, digest)
 
 
+def _verdict_on_claim(changed: SchemaChanged) -> str:
+    judged = judged_compatibility(changed)
+    if judged is Compatibility.UNKNOWN:
+        return "unjudged"
+    claim = changed.compatibility
+    return "agreed" if claim in (judged, Compatibility.UNKNOWN) else "overruled"
+
+
 def _digest(entity: Entity) -> str:
     content = json.dumps(
         [
@@ -327,6 +392,10 @@ def _digest(entity: Entity) -> str:
         default=str,
     )
     return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+
+
+def describe(message: RawMessage) -> str:
+    return f"{message.topic}/{message.partition}@{message.offset}"
 
 
 def _position(message: RawMessage) -> tuple[str, int, int]:

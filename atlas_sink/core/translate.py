@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 
 from atlas_sink.core import naming
 from atlas_sink.core.entities import EventKey, Ref, Served, Update
+from capture.dataschema import compatibility
 from capture.events import (
+    Compatibility,
     DataSchema,
     DataSource,
     Deployment,
@@ -304,10 +306,16 @@ def _source_updates(ctx: _Context, sources: list[DataSource]) -> tuple[list[Upda
         if source.name:
             # Not the name: the same URI named by a topic or path elsewhere would flip it.
             dataset.values["description"] = f"training source {source.name}"
-        updates.append(dataset)
+        if source.schema is None:
+            updates.append(dataset)
+        else:
+            schema = schema_update(source.schema, ctx.cluster, ctx.rules, dataset.ref)
+            # A classified field classifies the data set that holds it, so the classification
+            # flows down the lineage (training, version, deployments, their outputs) as the
+            # data set's own do; the schema entity is not on the lineage path.
+            extra = tuple(c for c in schema.classifications if c not in dataset.classifications)
+            updates += [dataset._replace(classifications=dataset.classifications + extra), schema]
         refs.append(dataset.ref)
-        if source.schema is not None:
-            updates.append(schema_update(source.schema, ctx.cluster, ctx.rules, dataset.ref))
     return updates, refs
 
 
@@ -454,6 +462,13 @@ def _model_unloaded(ctx: _Context, unloaded: ModelUnloaded) -> list[Update]:
     ]
 
 
+def judged_compatibility(changed: SchemaChanged) -> Compatibility:
+    """The sink's own verdict: a producer's claim is kept beside it, never taken for it."""
+    if changed.previous_schema is None:
+        return Compatibility.UNKNOWN
+    return compatibility(changed.previous_schema, changed.new_schema)
+
+
 def _schema_changed(ctx: _Context, changed: SchemaChanged) -> list[Update]:
     env = ctx.event.envelope
     schema = schema_update(changed.new_schema, ctx.cluster, ctx.rules)
@@ -477,7 +492,8 @@ def _schema_changed(ctx: _Context, changed: SchemaChanged) -> list[Update]:
                 "side": changed.side.value,
                 "previousFingerprint": changed.previous_fingerprint,
                 "newFingerprint": changed.new_fingerprint,
-                "compatibility": changed.compatibility.value,
+                "compatibility": judged_compatibility(changed).value,
+                "claimedCompatibility": changed.compatibility.value,
                 "changedAt": ctx.key.event_time // 1000,
             },
             references={"modelVersion": version_ref, "newSchema": schema.ref},
@@ -497,7 +513,7 @@ def _scoring_stats(ctx: _Context, stats: ScoringStats) -> list[Update]:
                 "windowEnd": micros(stats.window_end) // 1000,
                 "windowRequests": stats.request_count,
                 "windowErrors": stats.error_count,
-                "errorsByKind": {k: str(v) for k, v in stats.errors_by_kind.items()},
+                "windowErrorsByKind": dict(stats.errors_by_kind),
                 "latencyMin": latency.min,
                 "latencyMax": latency.max,
                 "latencyMean": latency.mean,

@@ -60,6 +60,16 @@ def check_event(event: ModelEvent, limits: Limits, now: datetime) -> None:
                 f"new_fingerprint {payload.new_fingerprint!r} differs from the new schema's "
                 f"own {payload.new_schema.fingerprint!r}",
             )
+        previous = payload.previous_schema
+        if previous is not None:
+            _check_schema("previous_schema", previous, limits)
+            if payload.previous_fingerprint != previous.fingerprint:
+                raise InvalidEvent(
+                    "inconsistent",
+                    f"previous_fingerprint {payload.previous_fingerprint!r} differs from the "
+                    f"previous schema's own {previous.fingerprint!r}: send the fingerprint of "
+                    "the schema sent as previous_schema",
+                )
     elif isinstance(payload, ScoringStats):
         _check_stats(payload, limits, now)
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from atlas_sink import __version__
 from atlas_sink.core.pipeline import RawMessage
@@ -47,6 +47,20 @@ class SinkFatal(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def topic_partitions(kafka: Consumer, topic: str, timeout: float = 10.0) -> list[int] | str:
+    """The topic's partition ids, or why there are none (it does not exist, or cannot be
+    described). The consumer never creates a topic by asking (allow.auto.create.topics)."""
+    try:
+        info = kafka.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        return str(exc.args[0] if exc.args else exc)
+    if info is None:
+        return "no metadata"
+    if info.error is not None or not info.partitions:
+        return str(info.error or "no partitions")
+    return sorted(info.partitions)
 
 
 def consumer_config(config: SinkConfig, group_id: str, **extra: Any) -> dict[str, Any]:

@@ -48,14 +48,18 @@ from atlas_sink.kafka.client import (
     fatal_message,
     next_offsets,
     raw_message,
+    topic_partitions,
 )
 from atlas_sink.kafka.dlq import DeadLetterProducer, header_list, position
 from atlas_sink.runtime.config import SinkConfig
+from atlas_sink.runtime.drop_log import DropLog
 from atlas_sink.runtime.exit_codes import EXIT_KAFKA, EXIT_TARGET_AUTH
+from atlas_sink.runtime.logs import throttled
 from atlas_sink.runtime.metrics import Health, SinkMetrics
 from atlas_sink.runtime.retry import backoff_seconds
 
 log = logging.getLogger("servemeta.sink.consumer")
+waiting_log = throttled("servemeta.sink.consumer.topics", 15.0)
 
 LAG_INTERVAL_SECONDS = 2.0
 
@@ -126,10 +130,14 @@ class SinkConsumer:
         self._closed = False
         self._last_lag = 0.0
         self._warned: set[str] = set()
+        self._drops = DropLog(log, config.drop_log_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Subscribe once every topic exists; raises SinkFatal (exit 4) naming the topics
+        still missing after ``topic_wait_seconds``, or returns early when stopped."""
+        self._wait_for_topics()
         self._consumer.subscribe(
             list(self.config.topics),
             on_assign=self._on_assign,
@@ -145,6 +153,43 @@ class SinkConsumer:
                 "dlq_topic": self.config.dlq_topic,
             },
         )
+
+    def _wait_for_topics(self) -> None:
+        # A sink started with its producers may come up before their topics; a misspelt
+        # topic, though, would leave it consuming nothing forever.
+        wait = self.config.topic_wait_seconds
+        deadline = time.monotonic() + wait
+        while True:
+            missing = {
+                topic: why
+                for topic in self.config.topics
+                if isinstance(why := topic_partitions(self._consumer, topic, timeout=2.0), str)
+            }
+            if not missing:
+                return
+            # Refused credentials also leave topics undescribed: say so at once (the error
+            # callback is served by poll), not after the wait.
+            self._consumer.poll(0)
+            self._stop_if_refused()
+            if time.monotonic() >= deadline:
+                raise SinkFatal(
+                    f"topics {sorted(missing)} do not exist or cannot be described after "
+                    f"{wait:g} s ({'; '.join(f'{t}: {w}' for t, w in sorted(missing.items()))})"
+                    ": create them, correct SINK_TOPICS, or give them longer with "
+                    "SINK_TOPIC_WAIT_SECONDS",
+                    EXIT_KAFKA,
+                )
+            waiting_log.warning(
+                "waiting for topics to exist",
+                extra={
+                    "missing": sorted(missing),
+                    "seconds_left": round(deadline - time.monotonic()),
+                },
+            )
+            # Alive while it waits (liveness), not ready (no partitions assigned).
+            self.health.beat()
+            if self.stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                return
 
     def run(self) -> Totals:
         """Until ``stop`` is set or a ``SinkFatal``; the consumer is closed either way."""
@@ -167,6 +212,7 @@ class SinkConsumer:
             self._drop_in_hand("closing")
         self._dlq.close(timeout=2.0)
         self._consumer.close()
+        self._drops.flush()
         self._closed = True
         log.info("consumer closed", extra={"totals": self.totals.__dict__})
 
@@ -222,11 +268,7 @@ class SinkConsumer:
                 in_hand.undelivered = list(outcome.dead)
                 self.metrics.record_batch(outcome)
                 self.totals.add(outcome)
-                if outcome.dead:
-                    log.info(
-                        "dead letters in batch",
-                        extra={"by_reason": outcome.dead_by_reason(), "batch": outcome.consumed},
-                    )
+                self._drops.record(outcome.dropped_by_reason(), outcome.drop_examples())
             if in_hand.undelivered:
                 headers = {_position(m): header_list(m.headers()) for m in in_hand.messages}
                 in_hand.undelivered = self._dlq.send(

@@ -34,6 +34,7 @@ class ReplayResult(Counts):
             "updates": self.updates,
             "entities_written": self.entities_written,
             "dead_letters": dict(self.dead_lettered),
+            "dropped": dict(self.dropped),
             "seconds": self.seconds,
             "complete": self.complete,
         }

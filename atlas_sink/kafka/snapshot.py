@@ -18,6 +18,7 @@ from atlas_sink.kafka.client import (
     SinkFatal,
     consumer_config,
     fatal_message,
+    topic_partitions,
 )
 from atlas_sink.runtime.config import SinkConfig
 from atlas_sink.runtime.exit_codes import EXIT_KAFKA
@@ -86,16 +87,14 @@ def _bounds(
     starts: dict[tuple[str, int], int] = {}
     ends: dict[tuple[str, int], int] = {}
     for topic in topics:
-        metadata = kafka.list_topics(topic, timeout=10)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
+        info = topic_partitions(kafka, topic)
+        if isinstance(info, str):
             raise SinkFatal(
-                f"topic {topic!r} does not exist or cannot be described "
-                f"({info.error if info is not None else 'no metadata'}): check SINK_TOPICS / "
-                "SINK_DLQ_TOPIC and the broker",
+                f"topic {topic!r} does not exist or cannot be described ({info}): check "
+                "SINK_TOPICS / SINK_DLQ_TOPIC and the broker",
                 EXIT_KAFKA,
             )
-        partitions = [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        partitions = [TopicPartition(topic, p) for p in info]
         if since is not None:
             millis = int(since.timestamp() * 1000)
             found = kafka.offsets_for_times(

@@ -122,6 +122,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ensure_types", "SINK_ENSURE_TYPES", "register type definitions when `run` starts"),
     Setting("log_level", "SINK_LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR"),
+    Setting(
+        "topic_wait_seconds",
+        "SINK_TOPIC_WAIT_SECONDS",
+        "`run` waits this long for its topics to exist, then exits 4",
+    ),
+    Setting(
+        "drop_log_seconds",
+        "SINK_DROP_LOG_SECONDS",
+        "at most one log line per drop reason this often (metrics count every drop)",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -208,6 +218,8 @@ class SinkConfig(BaseModel):
     session_timeout_seconds: float = Field(default=45.0, ge=6, le=3600)
     ensure_types: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drop_log_seconds: float = Field(default=60.0, gt=0)
+    topic_wait_seconds: float = Field(default=60.0, ge=0)
 
     # Where each value came from (file, env, command line): shown by describe(), not a setting.
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

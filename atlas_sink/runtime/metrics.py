@@ -105,15 +105,20 @@ class SinkMetrics:
             ["reason"],
             registry=r,
         )
-        self.duplicates = Counter(
-            "servemeta_sink_duplicates_dropped",
-            "events or entity updates recognised as already applied",
+        self.dropped = Counter(
+            "servemeta_sink_events_dropped",
+            "messages that changed nothing in the catalog, by reason: every dead-letter reason, "
+            "redelivered (a known event id, same body), already_applied (its sequence was "
+            "applied), beyond_dedup_window (taken for applied only because its producer's "
+            "oldest sequence gaps were given up: possibly a late event never applied)",
+            ["reason"],
             registry=r,
         )
-        self.beyond_window = Counter(
-            "servemeta_sink_beyond_dedup_window",
-            "entity updates dropped as applied because their producer's oldest sequence gaps "
-            "were given up: possibly late events never applied",
+        self.schema_changes = Counter(
+            "servemeta_sink_schema_changes",
+            "schema changes by how the sink's own compatibility verdict met the producer's "
+            "claim: agreed, overruled, unjudged (the previous schema was not known)",
+            ["verdict"],
             registry=r,
         )
         self.updates_in = Counter(
@@ -163,9 +168,10 @@ class SinkMetrics:
     def record_batch(self, outcome: BatchOutcome) -> None:
         self.consumed.inc(outcome.consumed)
         self.decoded.inc(outcome.decoded)
-        self.duplicates.inc(outcome.duplicates)
-        if outcome.beyond_window:
-            self.beyond_window.inc(outcome.beyond_window)
+        for reason, count in outcome.dropped_by_reason().items():
+            self.dropped.labels(reason).inc(count)
+        for verdict, count in outcome.compatibility.items():
+            self.schema_changes.labels(verdict).inc(count)
         self.updates_in.inc(outcome.updates)
         self.entities_out.inc(outcome.entities_written)
         self.writes.inc(outcome.write_requests)

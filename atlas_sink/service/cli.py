@@ -193,10 +193,12 @@ def cmd_replay(config: SinkConfig, args: argparse.Namespace) -> int:
         print(json.dumps(counts, indent=2, sort_keys=True))
     else:
         dead = ", ".join(f"{k}: {v}" for k, v in sorted(result.dead_lettered.items())) or "none"
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(result.dropped.items())) or "none"
         print(
             f"replayed {result.consumed} messages in {result.seconds:.1f} s into {config.target}"
             f": {result.decoded} decoded, {result.duplicates} duplicates, {result.updates} "
-            f"updates, {result.entities_written} entities written; dead letters: {dead}"
+            f"updates, {result.entities_written} entities written; dead letters: {dead}; "
+            f"dropped by reason: {dropped}"
         )
     return EXIT_OK if result.complete else EXIT_INTERRUPTED
 

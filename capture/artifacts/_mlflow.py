@@ -268,7 +268,9 @@ def _column_type(spec: Mapping[str, Any], key: str, mlmodel: Path) -> str:
     if kind == "array":
         return f"array<{_column_type(_nested(spec, 'items', key, mlmodel), key, mlmodel)}>"
     if kind == "map":
-        return f"map<{_column_type(_nested(spec, 'values', key, mlmodel), key, mlmodel)}>"
+        # MLflow maps have string keys; the key type is spelt out as ONNX's maps spell theirs,
+        # so that one spelling (schemas/README.md) serves every producer.
+        return f"map<string,{_column_type(_nested(spec, 'values', key, mlmodel), key, mlmodel)}>"
     if kind == "object":
         properties = _nested(spec, "properties", key, mlmodel)
         members = ",".join(
