@@ -522,16 +522,21 @@ def test_same_producer_and_sequence_is_a_duplicate_whatever_its_content() -> Non
     assert after[DEPLOY].totals == {"totalRequests": 10, "totalErrors": 1}
 
 
+def _store_after(batches: Iterable[Sequence[ModelEvent]]) -> dict[Ref, dict[str, Any]]:
+    states: dict[Ref, EntityState] = {}
+    store: dict[Ref, dict[str, Any]] = {}
+    for batch in batches:
+        result, states = run([u for e in batch for u in translate(e, NO_RULES)], states)
+        for entity in result.entities:
+            store.setdefault(entity.ref, {}).update(entity.attributes)
+    return store
+
+
 def test_an_older_event_never_overwrites_newer_values() -> None:
     newer = event(ModelUnloaded(reason="shutdown"), 1, instance="i2", at=T0 + timedelta(seconds=10))
     older = event(model_loaded(), 1, instance="i1", at=T0 + timedelta(seconds=5))
     for batches in ([[newer, older]], [[newer], [older]]):
-        states: dict[Ref, EntityState] = {}
-        store: dict[Ref, dict[str, Any]] = {}
-        for batch in batches:
-            result, states = run([u for e in batch for u in translate(e, NO_RULES)], states)
-            for entity in result.entities:
-                store.setdefault(entity.ref, {}).update(entity.attributes)
+        store = _store_after(batches)
         deployment = store[DEPLOY]
         assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
         # Values the newer event did not carry still come from the older one.
@@ -544,17 +549,6 @@ def test_an_older_event_never_overwrites_newer_values() -> None:
         assert marks == {"i1/wine": ((1, 1),), "i2/wine": ((1, 1),)}
         assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
         assert deployment["statusSince"] == micros(T0 + timedelta(seconds=10)) // 1000
-        assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
-
-
-def _store_after(batches: Iterable[Sequence[ModelEvent]]) -> dict[Ref, dict[str, Any]]:
-    states: dict[Ref, EntityState] = {}
-    store: dict[Ref, dict[str, Any]] = {}
-    for batch in batches:
-        result, states = run([u for e in batch for u in translate(e, NO_RULES)], states)
-        for entity in result.entities:
-            store.setdefault(entity.ref, {}).update(entity.attributes)
-    return store
 
 
 def test_a_deployment_status_follows_the_version_it_serves_in_any_arrival_order() -> None:

@@ -30,7 +30,7 @@ from atlas_sink.core.entities import (
     Ref,
     Update,
 )
-from atlas_sink.core.previous_schemas import PreviousSchemas, schemas_in
+from atlas_sink.core.previous_schemas import PreviousSchemas
 from atlas_sink.core.target import Target
 from atlas_sink.core.translate import (
     DEPLOYMENT,
@@ -261,8 +261,7 @@ class Pipeline:
                         )
                     )
                 continue
-            self._previous_schemas.remember(schemas_in(event))
-            event = self._previous_schemas.complete(event)
+            event = self._previous_schemas.see(event)
             if isinstance(event.payload, SchemaChanged):
                 verdict = _verdict_on_claim(event.payload)
                 outcome.compatibility[verdict] = outcome.compatibility.get(verdict, 0) + 1

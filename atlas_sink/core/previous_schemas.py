@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from atlas_sink.core import naming
@@ -23,18 +23,6 @@ from capture.dataschema import fingerprint
 from capture.events import DataSchema, FieldSpec, ModelEvent, ModelLoaded, SchemaChanged
 
 Fetch = Callable[[Sequence[Ref], Sequence[str]], Mapping[Ref, Mapping[str, Any]]]
-
-
-def schemas_in(event: ModelEvent) -> Iterable[DataSchema]:
-    """Every schema an event carries, validated already (fingerprints recomputed)."""
-    payload = event.payload
-    if isinstance(payload, ModelLoaded):
-        yield payload.input_schema
-        yield payload.output_schema
-    elif isinstance(payload, SchemaChanged):
-        yield payload.new_schema
-        if payload.previous_schema is not None:
-            yield payload.previous_schema
 
 
 def schema_from_stored(attributes: Mapping[str, Any]) -> DataSchema | None:
@@ -65,22 +53,20 @@ class PreviousSchemas:
         self._capacity = capacity
         self._known: OrderedDict[str, DataSchema] = OrderedDict()
 
-    def remember(self, schemas: Iterable[DataSchema]) -> None:
-        known = self._known
-        for schema in schemas:
-            known[schema.fingerprint] = schema
-            known.move_to_end(schema.fingerprint)
-        while len(known) > self._capacity:
-            known.popitem(last=False)
-
-    def complete(self, event: ModelEvent) -> ModelEvent:
-        """The event with ``previous_schema`` filled in where it was left out and is known."""
+    def see(self, event: ModelEvent) -> ModelEvent:
+        """Remember the schemas a (validated) event carries; return it with
+        ``previous_schema`` filled in where it was left out and is known."""
         payload = event.payload
-        if (
-            not isinstance(payload, SchemaChanged)
-            or payload.previous_schema is not None
-            or payload.previous_fingerprint is None
-        ):
+        if isinstance(payload, ModelLoaded):
+            self._remember(payload.input_schema, payload.output_schema)
+            return event
+        if not isinstance(payload, SchemaChanged):
+            return event
+        self._remember(payload.new_schema)
+        if payload.previous_schema is not None:
+            self._remember(payload.previous_schema)
+            return event
+        if payload.previous_fingerprint is None:
             return event
         found = self._find(payload.previous_fingerprint, event.envelope.deployment.cluster)
         if found is None:
@@ -88,6 +74,14 @@ class PreviousSchemas:
         return ModelEvent(
             envelope=event.envelope, payload=dataclasses.replace(payload, previous_schema=found)
         )
+
+    def _remember(self, *schemas: DataSchema) -> None:
+        known = self._known
+        for schema in schemas:
+            known[schema.fingerprint] = schema
+            known.move_to_end(schema.fingerprint)
+        while len(known) > self._capacity:
+            known.popitem(last=False)
 
     def _find(self, schema_fingerprint: str, cluster: str) -> DataSchema | None:
         known = self._known.get(schema_fingerprint)
@@ -97,5 +91,5 @@ class PreviousSchemas:
         stored = self._fetch([ref], ["fingerprint", "fields"]).get(ref)
         found = schema_from_stored(stored) if stored else None
         if found is not None:
-            self.remember([found])
+            self._remember(found)
         return found
