@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -1426,3 +1427,47 @@ def test_exactly_once_on_atlas_equals_the_distinct_events_in_order(
         "conflicting_duplicate": 1,
     }
     assert stable(atlas.must(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster))) == before
+
+
+@pytest.mark.timeout(BUDGET)
+def test_report_and_lineage_find_one_model_among_many_by_name(
+    atlas: Atlas,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    in_process_cli: None,
+) -> None:
+    """More models than one search page holds (Atlas's default is 100), and names that a
+    loose match would confuse: the one asked for is found, without --cluster."""
+    cluster = new_cluster("many")
+    tag = cluster.replace("-", "")
+    names = [f"{tag}m{i:03}" for i in range(160)]
+    asked, lookalikes = f"{tag}target", [f"{tag}Target", f"{tag}target-2", f"{tag}target 2"]
+    events = [
+        event(cluster, model_loaded(), seq=1, seconds=n, model=name, instance=f"i{n}")
+        for n, name in enumerate([*names, asked, *lookalikes])
+    ]
+    target = rest_target(atlas.server)
+    try:
+        target.ensure_types()
+        messages = [RawMessage("events", 0, i, FRAME(to_avro(e))) for i, e in enumerate(events)]
+        outcome = Pipeline(target, Decoder(), Rules()).process(messages)
+    finally:
+        target.close()
+    assert outcome.dead == []
+    monkeypatch.setenv("ATLAS_URL", atlas.url)
+    monkeypatch.setenv("ATLAS_USERNAME", atlas.server.auth[0])
+    monkeypatch.setenv("ATLAS_PASSWORD", atlas.server.auth[1])
+    capsys.readouterr()
+    assert cli.main(["report", asked, "--target", "atlas-rest", "--json"]) == exit_codes.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"]["qualifiedName"] == naming.model_version(asked, "1", cluster)
+    assert cli.main(["lineage", asked, "--target", "atlas-rest", "--json"]) == exit_codes.EXIT_OK
+    lineage = json.loads(capsys.readouterr().out)
+    assert f"{MODEL_VERSION}:{naming.model_version(asked, '1', cluster)}" in {
+        f"{n['typeName']}:{n['attributes']['qualifiedName']}"
+        for n in lineage["guidEntityMap"].values()
+    }
+    # A name no model has: the hint counts the models known, all pages of them.
+    assert cli.main(["report", f"{tag}absent", "--target", "atlas-rest"]) != exit_codes.EXIT_OK
+    hint = re.search(r"\.\.\. (\d+) more", capsys.readouterr().err)
+    assert hint is not None and 20 + int(hint.group(1)) >= len(events)

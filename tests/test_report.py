@@ -15,11 +15,11 @@ import pytest
 from atlas_sink.catalog.atlas_reader import propagation_pending
 from atlas_sink.catalog.lineage_picture import render_html, render_svg
 from atlas_sink.catalog.model import LineageGraph, Referrer, StoredEntity
-from atlas_sink.catalog.reader import ModelNotFound
+from atlas_sink.catalog.reader import ModelNotFound, find_model
 from atlas_sink.catalog.report import build_report, render_text, storage_assessment
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.pipeline import Pipeline, RawMessage
-from atlas_sink.core.translate import ClassificationRule, Rules
+from atlas_sink.core.translate import MODEL, ClassificationRule, Rules
 from atlas_sink.service.cli import main
 from atlas_sink.targets.local import LocalCatalog
 from capture.dataschema import data_schema
@@ -173,6 +173,35 @@ def test_unknown_model_and_version_are_clear_errors(catalog: LocalCatalog) -> No
         build_report(catalog, "wine", version="9")
 
 
+def test_a_model_is_found_by_its_exact_name_among_lookalikes(catalog: LocalCatalog) -> None:
+    base = envelope(1)
+    batch = []
+    for i, (name, cluster) in enumerate(
+        [("Wine", "local"), ("wine-2", "local"), ("wine 2", "local"), ("wine", "edge")]
+    ):
+        env = dataclasses.replace(
+            base,
+            event_id=f"00000000-0000-4000-9000-{i:012d}",
+            producer=dataclasses.replace(base.producer, instance_id=f"other-{i}"),
+            deployment=dataclasses.replace(base.deployment, cluster=cluster),
+            model=dataclasses.replace(base.model, name=name),
+        )
+        value = single_object_framer()(to_avro(ModelEvent(envelope=env, payload=model_loaded())))
+        batch.append(RawMessage("t", 0, i, value))
+    assert Pipeline(catalog, Decoder(), RULES).process(batch).dead == []
+
+    assert catalog.qualified_names(MODEL, "wine") == ["wine@edge", "wine@local"]
+    assert catalog.qualified_names(MODEL, "Wine") == ["Wine@local"]
+    assert find_model(catalog, "wine-2").qualified_name == "wine-2@local"
+    assert find_model(catalog, "wine", "edge").qualified_name == "wine@edge"
+    with pytest.raises(ModelNotFound, match=r"clusters \['edge', 'local'\]"):
+        find_model(catalog, "wine")
+    with pytest.raises(
+        ModelNotFound, match=r"models known: \['Wine', 'wine', 'wine 2', 'wine-2'\]"
+    ):
+        find_model(catalog, "WINE")
+
+
 @pytest.mark.parametrize(
     ("attributes", "verdict"),
     [
@@ -245,8 +274,8 @@ class _PendingInAtlas:
         found = self.catalog.entity(type_name, qualified_name)
         return None if found is None else self._pending(found)
 
-    def qualified_names(self, type_name: str) -> list[str]:
-        return self.catalog.qualified_names(type_name)
+    def qualified_names(self, type_name: str, name: str | None = None) -> list[str]:
+        return self.catalog.qualified_names(type_name, name)
 
     def referrers(self, *args: Any, **kwargs: Any) -> list[Referrer]:
         return [

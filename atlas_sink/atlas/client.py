@@ -278,9 +278,11 @@ class AtlasClient:
         limit: int = 100,
         offset: int = 0,
         attributes: Sequence[str] = (),
+        attribute_filter: tuple[str, str, str] | None = None,
         exclude_deleted: bool = True,
     ) -> dict[str, Any]:
-        """Basic search (AtlasSearchResult): entities of a type and/or with a classification."""
+        """Basic search (AtlasSearchResult): entities of a type and/or with a classification;
+        ``attribute_filter`` is (attribute, operator, value), such as ("name", "eq", "wine")."""
         if not type_name and not classification and not query:
             raise ValueError("search: expected a type name, a classification or a query")
         body: dict[str, Any] = {
@@ -296,6 +298,13 @@ class AtlasClient:
             body["query"] = query
         if attributes:
             body["attributes"] = list(attributes)
+        if attribute_filter is not None:
+            name, operator, value = attribute_filter
+            body["entityFilters"] = {
+                "attributeName": name,
+                "operator": operator,
+                "attributeValue": value,
+            }
         what = f"searching {type_name or ''} {classification or ''} {query or ''}".strip()
         answer = self.request("POST", "/search/basic", body=body, what=what)
         found = self.read_answer(answer, what)
@@ -308,6 +317,7 @@ class AtlasClient:
         *,
         query: str | None = None,
         attributes: Sequence[str] = (),
+        attribute_filter: tuple[str, str, str] | None = None,
         page_size: int = 500,
     ) -> Iterator[dict[str, Any]]:
         """Every entity header a basic search finds, page after page: one page holds at most
@@ -322,6 +332,7 @@ class AtlasClient:
                 limit=page_size,
                 offset=offset,
                 attributes=attributes,
+                attribute_filter=attribute_filter,
             )
             entities = page.get("entities") or []
             yield from entities

@@ -132,12 +132,20 @@ class AtlasCatalog:
         answer = self._rest.entity(type_name, qualified_name)
         return None if answer is None else self._stored(answer)
 
-    def qualified_names(self, type_name: str) -> list[str]:
-        """From the search's entity headers alone: no read of each entity."""
+    def qualified_names(self, type_name: str, name: str | None = None) -> list[str]:
+        """From the search's entity headers alone: no read of each entity. With ``name``,
+        Atlas filters by it and the exact match is checked here: Atlas's ``eq`` on a string
+        may also match other spellings (case, tokens)."""
+        headers = self._rest.search_all(
+            type_name,
+            attribute_filter=None if name is None else ("name", "eq", name),
+            attributes=() if name is None else ("name",),
+        )
         return sorted(
-            str(h["attributes"]["qualifiedName"])
-            for h in self._rest.search_all(type_name)
-            if (h.get("attributes") or {}).get("qualifiedName") is not None
+            str(attributes["qualifiedName"])
+            for attributes in (h.get("attributes") or {} for h in headers)
+            if attributes.get("qualifiedName") is not None
+            and (name is None or attributes.get("name") == name)
         )
 
     def referrers(

@@ -17,8 +17,9 @@ _KNOWN_SHOWN = 20
 class CatalogReader(Protocol):
     def entity(self, type_name: str, qualified_name: str) -> StoredEntity | None: ...
 
-    def qualified_names(self, type_name: str) -> list[str]:
-        """Every qualifiedName of the type (and its subtypes), however many there are."""
+    def qualified_names(self, type_name: str, name: str | None = None) -> list[str]:
+        """Every qualifiedName of the type (and its subtypes), however many there are; with
+        ``name``, only those of entities whose ``name`` attribute is exactly ``name``."""
 
     def referrers(
         self, type_name: str, qualified_name: str, attribute: str | None = None
@@ -44,14 +45,20 @@ def find_model(reader: CatalogReader, model: str, cluster: str | None = None) ->
                 "and --cluster"
             )
         return found
-    names: dict[str, list[str]] = {}
-    for qualified_name in reader.qualified_names(MODEL):
-        parts, model_cluster = naming.split(qualified_name)
-        if len(parts) == 1:
-            names.setdefault(parts[0], []).append(model_cluster)
-    clusters = sorted(names.get(model, []))
+    # Searched by name, not listed: a catalog of 10,000 models is then still one request.
+    clusters = sorted(
+        model_cluster
+        for parts, model_cluster in map(naming.split, reader.qualified_names(MODEL, model))
+        if parts == [model]
+    )
     if not clusters:
-        known = sorted(names)
+        known = sorted(
+            {
+                parts[0]
+                for parts, _ in map(naming.split, reader.qualified_names(MODEL))
+                if len(parts) == 1
+            }
+        )
         shown = known[:_KNOWN_SHOWN] + (
             [f"... {len(known) - _KNOWN_SHOWN} more"] if len(known) > _KNOWN_SHOWN else []
         )

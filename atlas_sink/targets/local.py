@@ -325,11 +325,20 @@ class LocalCatalog:
                 or (include_propagated and classification in e.propagated_classifications)
             ]
 
-    def qualified_names(self, type_name: str) -> list[str]:
-        """Every qualifiedName of the type and its subtypes, sorted."""
+    def qualified_names(self, type_name: str, name: str | None = None) -> list[str]:
+        """Every qualifiedName of the type and its subtypes, sorted; with ``name``, of the
+        entities whose ``name`` attribute is exactly ``name``."""
         with self._lock, self._transaction() as db:
             wanted = self._types(db).subtypes(type_name) | {type_name}
-            return sorted(ref.qualified_name for ref in self._refs_of_types(db, wanted))
+            if name is None:
+                return sorted(ref.qualified_name for ref in self._refs_of_types(db, wanted))
+            marks = ",".join("?" * len(wanted))
+            rows = db.execute(
+                f"SELECT qualified_name FROM entities WHERE type_name IN ({marks}) "
+                "AND json_extract(attributes, '$.name') = ?",
+                (*sorted(wanted), name),
+            )
+            return sorted(q for (q,) in rows)
 
     def referrers(
         self, type_name: str, qualified_name: str, attribute: str | None = None
