@@ -24,15 +24,20 @@ from atlas_sink.service.cli import main
 from atlas_sink.targets.local import LocalCatalog
 from capture.dataschema import data_schema
 from capture.events import (
+    Artifact,
     Envelope,
     FieldSpec,
     ModelEvent,
+    ModelLoaded,
+    ModelType,
     Payload,
+    Runtime,
     SchemaChanged,
+    Training,
     to_avro,
 )
 from capture.framing import single_object_framer
-from tests.conftest import OUTPUT, envelope, model_loaded, scoring_stats
+from tests.conftest import INPUT, OUTPUT, envelope, model_loaded, scoring_stats
 
 NOW = datetime.now(UTC) - timedelta(hours=1)
 RULES = Rules((ClassificationRule("PII", dataset_pattern=re.compile(r"wine\.csv$")),))
@@ -200,6 +205,31 @@ def test_a_model_is_found_by_its_exact_name_among_lookalikes(catalog: LocalCatal
         ModelNotFound, match=r"models known: \['Wine', 'wine', 'wine 2', 'wine-2'\]"
     ):
         find_model(catalog, "WINE")
+
+
+def test_a_model_reported_with_the_least_the_contract_allows_prints_no_none(
+    tmp_path: Path,
+) -> None:
+    """Nothing optional reported and no window yet: unknown reads as unknown ('-' or said in
+    words), never as Python's None nor as a zero nobody measured."""
+    loaded = ModelLoaded(
+        model_type=ModelType(framework="sklearn"),
+        artifact=Artifact(uri="file:///m.pkl", scheme="file"),
+        training=Training(sources=[]),
+        input_schema=INPUT,
+        output_schema=OUTPUT,
+        runtime=Runtime(language="python", language_version="3.11", host="h1"),
+    )
+    with LocalCatalog(tmp_path / "least.sqlite") as least:
+        least.ensure_types()
+        value = single_object_framer()(to_avro(ModelEvent(envelope=envelope(1), payload=loaded)))
+        assert Pipeline(least, Decoder(), RULES).process([RawMessage("t", 0, 0, value)]).dead == []
+        report = build_report(least, "wine")
+    text = render_text(report)
+    assert "None" not in text
+    assert "live on wine-scorer.wine@local: no scoring window reported yet" in text
+    (live,) = report.data["quality"]["live"]
+    assert (live["requests"], live["totalRequests"], live["windowEnd"]) == (None, None, None)
 
 
 @pytest.mark.parametrize(

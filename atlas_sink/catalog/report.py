@@ -122,7 +122,8 @@ def build_report(
         if process.type_name != DEPLOYMENT:
             continue
         pa = process.attributes
-        requests = pa.get("windowRequests") or 0
+        # Unknown stays None (null in JSON): no window reported is not a window of 0 requests.
+        requests = pa.get("windowRequests")
         deployments.append(
             {
                 "name": pa.get("name"),
@@ -325,11 +326,15 @@ def render_text(report: Report) -> str:
         quantiles = "/".join(
             "-" if lat[k] is None else f"{lat[k] * 1000:.1f} ms" for k in ("p50", "p95", "p99")
         )
+        if live["windowEnd"] is None:
+            out.append(f"  live on {live['deployment']}: no scoring window reported yet")
+            continue
+        total = live["totalRequests"]
         out.append(
-            f"  live on {live['deployment']}: {live['requests']} requests in the last window "
-            f"(to {live['windowEnd']}), error rate "
+            f"  live on {live['deployment']}: {live['requests'] or 0} requests in the last "
+            f"window (to {live['windowEnd']}), error rate "
             f"{'-' if rate is None else f'{rate:.2%}'}, p50/p95/p99 {quantiles}; "
-            f"{live['totalRequests']} requests in total"
+            f"{'-' if total is None else total} requests in total"
         )
     out.append("6. Data definitions")
     out.append("  input:")
