@@ -206,7 +206,8 @@ def test_undeliverable_messages_raise_target_unavailable() -> None:
         port = s.getsockname()[1]
         target = AtlasHookTarget(f"127.0.0.1:{port}", delivery_timeout=2.0)
         started = time.monotonic()
-        with pytest.raises(TargetUnavailable, match=r"Kafka did not take 1 of 1 Atlas hook"):
+        # Unreachable before anything is produced: the topic's partitions cannot be read.
+        with pytest.raises(TargetUnavailable, match=r"did not describe the Atlas hook topic"):
             target.write(_sample_entities()[:1])
         assert time.monotonic() - started < 15
         target.close()  # nothing left to flush: the message timed out
@@ -215,3 +216,37 @@ def test_undeliverable_messages_raise_target_unavailable() -> None:
 def test_fetch_without_rest_reads_nothing() -> None:
     target = AtlasHookTarget("127.0.0.1:9")
     assert target.fetch([Ref("servemeta_model", "wine@local")], ["lastEventTime"]) == {}
+
+
+def test_many_models_share_few_messages_and_each_keeps_its_partition(
+    bootstrap: str, topic: str
+) -> None:
+    def versions(version: str) -> list[Entity]:
+        return [
+            Entity(
+                MODEL_VERSION,
+                naming.model_version(f"m{n}", version, "local"),
+                {"name": f"m{n} {version}", "modelName": f"m{n}", "version": version},
+            )
+            for n in range(60)
+        ]
+
+    target = AtlasHookTarget(bootstrap, topic=topic)
+    try:
+        first = target.write(versions("1"))
+        second = target.write(versions("2"))
+    finally:
+        target.close()
+    # 60 models, 3 partitions: one message per partition, not one per model.
+    assert first.requests <= 3 and second.requests <= 3
+    received = _consume(bootstrap, topic, first.requests + second.requests)
+    partitions: dict[str, set[int]] = {}
+    for message in received:
+        value = json.loads(message.value())
+        for entity in value["message"]["entities"]["entities"]:
+            model = entity["attributes"]["modelName"]
+            partitions.setdefault(model, set()).add(message.partition())
+    assert len(partitions) == 60
+    # A model's versions travelled in one partition, so they arrive in the order written.
+    assert all(len(found) == 1 for found in partitions.values())
+    assert len(set().union(*partitions.values())) > 1
