@@ -1471,3 +1471,32 @@ def test_report_and_lineage_find_one_model_among_many_by_name(
     assert cli.main(["report", f"{tag}absent", "--target", "atlas-rest"]) != exit_codes.EXIT_OK
     hint = re.search(r"\.\.\. (\d+) more", capsys.readouterr().err)
     assert hint is not None and 20 + int(hint.group(1)) >= len(events)
+
+
+@pytest.mark.timeout(BUDGET)
+def test_an_s3_source_is_written_with_its_bucket(atlas: Atlas) -> None:
+    """Atlas refuses an aws_s3_v2_object without its container (ATLAS-404-00-007): the sink
+    writes the bucket, and the object in it."""
+    cluster = new_cluster("s3")
+    loaded = model_loaded()
+    source = dataclasses.replace(loaded.training.sources[0], uri="s3://crm/customers.parquet")
+    loaded = dataclasses.replace(
+        loaded, training=dataclasses.replace(loaded.training, sources=[source])
+    )
+    target = rest_target(atlas.server)
+    try:
+        target.ensure_types()
+        message = RawMessage(
+            "events", 0, 0, FRAME(to_avro(event(cluster, loaded, seq=1, seconds=1)))
+        )
+        outcome = Pipeline(target, Decoder(), Rules()).process([message])
+    finally:
+        target.close()
+    assert outcome.dead == []
+    bucket = atlas.must("aws_s3_v2_bucket", naming.uri_dataset("s3://crm", cluster))
+    found = atlas.must("aws_s3_v2_object", naming.uri_dataset(source.uri, cluster))
+    assert found["attributes"]["bucketName"] == "crm"
+    container = found["relationshipAttributes"]["container"]
+    assert container["guid"] == bucket["guid"]
+    training = atlas.must(TRAINING, naming.training("wine", "1", cluster))
+    assert found["guid"] in {i["guid"] for i in training["relationshipAttributes"]["inputs"]}

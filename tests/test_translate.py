@@ -43,6 +43,7 @@ from atlas_sink.core.translate import (
     MODEL,
     MODEL_VERSION,
     MUTABLE_TYPES,
+    S3_BUCKET,
     S3_OBJECT,
     SCHEMA_CHANGE,
     TRAINING,
@@ -472,6 +473,7 @@ def test_classification_rules_match_data_set_uris_and_field_names() -> None:
     assert classified == {
         SOURCE: ["PII", "Sensitive"],
         Ref(S3_OBJECT, crm): ["PII"],
+        Ref(S3_BUCKET, "s3://crm@local"): [],
         SOURCE_SCHEMA: ["Sensitive"],
         INPUT_SCHEMA: ["Sensitive"],
         doc_ref: ["PII"],
@@ -884,6 +886,7 @@ def test_the_sample_covers_every_entity_type_translate_writes() -> None:
         FS_PATH,
         HDFS_PATH,
         S3_OBJECT,
+        S3_BUCKET,
     }
 
 

@@ -181,6 +181,7 @@ def missing_builtins(
     ``existing``: what Atlas returned for those names and all their super types (an
     AtlasTypesDef). Each problem names a type, a type's attribute, or a relationship."""
     defs = {d["name"]: d for d in existing.get("entityDefs") or []}
+    relationship_defs = existing.get("relationshipDefs") or []
     problems: list[str] = []
     for type_name in sorted(types):
         if type_name not in defs:
@@ -195,8 +196,15 @@ def missing_builtins(
             seen.add(current)
             have.update(a["name"] for a in defs[current].get("attributeDefs") or [])
             pending.extend(defs[current].get("superTypes") or [])
+        # A relationship's end is an attribute of the type at that end (S3 object's container).
+        have.update(
+            end["name"]
+            for r in relationship_defs
+            for end in (r.get("endDef1") or {}, r.get("endDef2") or {})
+            if end.get("type") in seen and "name" in end
+        )
         problems += [f"attribute {type_name}.{a}" for a in sorted(set(types[type_name]) - have)]
-    have_relationships = {d["name"] for d in existing.get("relationshipDefs") or []}
+    have_relationships = {d["name"] for d in relationship_defs}
     problems += [
         f"relationship type {name}" for name in sorted(set(relationships) - have_relationships)
     ]

@@ -46,6 +46,7 @@ KAFKA_TOPIC = "kafka_topic"
 FS_PATH = "fs_path"
 HDFS_PATH = "hdfs_path"
 S3_OBJECT = "aws_s3_v2_object"
+S3_BUCKET = "aws_s3_v2_bucket"
 
 # Atlas's own types the translation writes or extends, each with the attributes it sets on it
 # (inherited ones included), and the relationships it names. Before the sink writes to an Atlas
@@ -59,9 +60,14 @@ ATLAS_TYPES_WRITTEN: Mapping[str, frozenset[str]] = {
     KAFKA_TOPIC: frozenset({"qualifiedName", "name", "description", "topic", "uri"}),
     FS_PATH: frozenset({"qualifiedName", "name", "description", "path"}),
     HDFS_PATH: frozenset({"qualifiedName", "name", "description", "path", "clusterName"}),
-    S3_OBJECT: frozenset({"qualifiedName", "name", "description", "bucketName"}),
+    S3_OBJECT: frozenset({"qualifiedName", "name", "description", "bucketName", "container"}),
+    S3_BUCKET: frozenset({"qualifiedName", "name"}),
 }
-ATLAS_RELATIONSHIPS_WRITTEN = ("dataset_process_inputs", "process_dataset_outputs")
+ATLAS_RELATIONSHIPS_WRITTEN = (
+    "dataset_process_inputs",
+    "process_dataset_outputs",
+    "aws_s3_v2_container_contained",
+)
 
 # Totals accumulated on deployments; the coalescer adds them once per event.
 DEPLOYMENT_TOTALS = ("totalRequests", "totalErrors")
@@ -219,6 +225,21 @@ def _version_identity(ctx: _Context, version: str | None = None) -> dict[str, ob
 # -- data sets and schemas -------------------------------------------------------------------
 
 
+def dataset_updates(uri: str, cluster: str, rules: Rules) -> tuple[Update, list[Update]]:
+    """The data set of a URI, and what must exist for Atlas to take it: an S3 object's bucket
+    (Atlas refuses an object without its container, ATLAS-404-00-007)."""
+    dataset = dataset_update(uri, cluster, rules)
+    if dataset.type_name != S3_OBJECT:
+        return dataset, []
+    bucket_name = dataset.values["bucketName"]
+    bucket = Update(
+        S3_BUCKET,
+        naming.uri_dataset(f"s3://{bucket_name}", cluster),
+        {"name": bucket_name},
+    )
+    return dataset._replace(references={"container": bucket.ref}), [bucket]
+
+
 def dataset_update(uri: str, cluster: str, rules: Rules) -> Update:
     """Map a URI to Atlas's own type for it, named as Atlas's hooks name it."""
     parts = urlsplit(uri)
@@ -302,7 +323,8 @@ def _source_updates(ctx: _Context, sources: list[DataSource]) -> tuple[list[Upda
     updates: list[Update] = []
     refs: list[Ref] = []
     for source in sources:
-        dataset = dataset_update(source.uri, ctx.cluster, ctx.rules)
+        dataset, needed = dataset_updates(source.uri, ctx.cluster, ctx.rules)
+        updates += needed
         if source.name:
             # Not the name: the same URI named by a topic or path elsewhere would flip it.
             dataset.values["description"] = f"training source {source.name}"
@@ -388,9 +410,11 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
             references={"inputs": source_refs, "outputs": [version_ref]},
         )
     )
-    io_updates = [
-        dataset_update(uri, ctx.cluster, ctx.rules) for uri in (*loaded.inputs, *loaded.outputs)
-    ]
+    io_updates = []
+    for uri in (*loaded.inputs, *loaded.outputs):
+        dataset, needed = dataset_updates(uri, ctx.cluster, ctx.rules)
+        updates += needed
+        io_updates.append(dataset)
     updates += io_updates
     inputs = [u.ref for u in io_updates[: len(loaded.inputs)]]
     outputs = [u.ref for u in io_updates[len(loaded.inputs) :]]
