@@ -1,4 +1,5 @@
-"""Run a benchmark suite: ``python bench/run.py emitter`` (or ``sink``), JSON lines on stdout."""
+"""Run a benchmark suite: ``python bench/run.py emitter`` (or ``sink``, ``atlas``), JSON lines
+on stdout."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SUITES = ("emitter", "sink")
+SUITES = ("emitter", "sink", "atlas")
 
 
 def main() -> int:
@@ -17,6 +18,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.suite == "emitter":
         from bench.emitter_bench import run
+    elif args.suite == "atlas":
+        from bench.atlas_bench import run
     else:
         from bench.sink_bench import run
     for figure in run():

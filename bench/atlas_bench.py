@@ -1,0 +1,194 @@
+"""Atlas figures: how fast the sink's entities reach the real local Atlas over REST and over
+the hook topic, against Atlas's own bulk upsert of the same entity JSON in the same run.
+
+The entities are the sink's own: ModelLoaded events for each deployment, translated by the
+real pipeline. Each path writes to clusters of its own, so no path updates what another made.
+Live freshness under a steady event rate is not measured here yet (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import Figure, kafka_bootstrap
+from capture.dataschema import data_schema
+from capture.events import (
+    Artifact,
+    DataSource,
+    Deployment,
+    Envelope,
+    FieldSpec,
+    ModelEvent,
+    ModelIdentity,
+    ModelLoaded,
+    ModelType,
+    Producer,
+    Runtime,
+    Training,
+    to_avro,
+)
+from capture.framing import single_object_framer
+
+SIZES = (20, 100)
+_SCHEMA = data_schema([FieldSpec(name="x", type="double"), FieldSpec(name="y", type="double")])
+_OUT = data_schema([FieldSpec(name="score", type="double")])
+
+
+class _Collect:
+    """A target that keeps what the pipeline would write."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.entities: list[Any] = []
+
+    def ensure_types(self) -> None:
+        return None
+
+    def fetch(self, refs: Sequence[Any], attribute_names: Sequence[str]) -> dict[Any, Any]:
+        return {}
+
+    def write(self, entities: Sequence[Any]) -> Any:
+        from atlas_sink.core.target import WriteResult
+
+        self.entities.extend(entities)
+        return WriteResult(written=len(entities), requests=1)
+
+    def close(self) -> None:
+        return None
+
+
+def _entities(cluster: str, deployments: int) -> list[Any]:
+    """What the sink writes for one ModelLoaded per deployment (one model each)."""
+    from atlas_sink.core.decode import Decoder
+    from atlas_sink.core.pipeline import Pipeline, RawMessage
+    from atlas_sink.core.translate import Rules
+
+    frame = single_object_framer()
+    messages = []
+    for n in range(deployments):
+        loaded = ModelLoaded(
+            model_type=ModelType(framework="sklearn", algorithm="Ridge"),
+            artifact=Artifact(uri=f"s3://models/m{n}/1/model.pkl", scheme="s3", size_bytes=1000),
+            training=Training(
+                sources=[DataSource(uri=f"s3://data/m{n}.csv", name=f"m{n}", schema=_SCHEMA)]
+            ),
+            input_schema=_SCHEMA,
+            output_schema=_OUT,
+            runtime=Runtime(language="python", language_version="3.11", host="bench"),
+            inputs=[f"kafka://m{n}-requests"],
+            outputs=[f"kafka://m{n}-scores"],
+        )
+        envelope = Envelope(
+            event_id=str(uuid.uuid4()),
+            event_time=datetime.now(UTC),
+            producer=Producer(
+                emitter_name="bench", emitter_version="0", host="bench", pid=1, instance_id=f"i{n}"
+            ),
+            sequence=1,
+            deployment=Deployment(server_kind="python", server_name=f"s{n}", cluster=cluster),
+            model=ModelIdentity(name=f"m{n}", version="1"),
+        )
+        value = frame(to_avro(ModelEvent(envelope=envelope, payload=loaded)))
+        messages.append(RawMessage("bench", 0, n, value))
+    target = _Collect()
+    outcome = Pipeline(target, Decoder(), Rules()).process(messages)
+    if outcome.dead:
+        raise RuntimeError(f"the benchmark's events were refused: {outcome.dead[0]}")
+    return target.entities
+
+
+def _poll(check: Any, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError("Atlas did not apply the hook messages in time")
+        time.sleep(0.2)
+
+
+def run() -> Iterator[Figure]:
+    from atlas_sink.atlas import entity_json
+    from atlas_sink.atlas.client import AtlasClient
+    from atlas_sink.targets.atlas_hook import AtlasHookTarget
+    from atlas_sink.targets.atlas_rest import AtlasRestTarget
+    from local_services.atlas import PASSWORD, USER, AtlasService
+    from local_services.process import free_port
+
+    bootstrap = kafka_bootstrap()
+    state = Path(tempfile.mkdtemp(prefix="atlas-bench-"))
+    suffix = uuid.uuid4().hex[:8]
+    service = AtlasService(
+        state,
+        kafka_bootstrap=bootstrap,
+        hook_topic=f"ATLAS_HOOK_bench_{suffix}",
+        consumer_group=f"atlas-bench-{suffix}",
+        port=free_port(),
+    )
+    started = service.start()
+    try:
+        client = AtlasClient(started.address, (USER, PASSWORD))
+        rest = AtlasRestTarget(client)
+        rest.ensure_types()
+        # A fresh Atlas is slow on its first writes (JIT, caches): warm it, unmeasured, so the
+        # first figure does not flatter whatever comes second.
+        rest.write(_entities(f"warm-{suffix}", 50))
+        for deployments in SIZES:
+            # Baseline: Atlas's bulk upsert of the same JSON, batches as the REST target cuts.
+            raw = _entities(f"raw{deployments}-{suffix}", deployments)
+            began = time.perf_counter()
+            for batch in rest._batches(raw):
+                client.request(
+                    "POST",
+                    "/entity/bulk",
+                    body=entity_json.bulk_request(list(batch), rest.model),
+                    what="bench bulk",
+                )
+            raw_rate = len(raw) / (time.perf_counter() - began)
+
+            ours = _entities(f"rest{deployments}-{suffix}", deployments)
+            began = time.perf_counter()
+            result = rest.write(ours)
+            rest_rate = len(ours) / (time.perf_counter() - began)
+            yield Figure(
+                f"atlas_rest_backlog_{deployments}",
+                rest_rate,
+                "entities/s",
+                "Atlas bulk upsert of the same entities",
+                raw_rate,
+                target="ratio >= 0.8",
+                extra={"entities": len(ours), "requests": result.requests},
+            )
+
+            hooked = _entities(f"hook{deployments}-{suffix}", deployments)
+            hook = AtlasHookTarget(bootstrap, topic=service.hook_topic)
+            began = time.perf_counter()
+            sent = hook.write(hooked)
+            hook.close()
+            # One partition, applied in order, a message in one transaction: when the last
+            # entity sent is there, all are. Polling that one keeps the poll's load off Atlas.
+            last = entity_json.topological_order(hooked)[-1]
+            _poll(lambda last=last: client.entity(last.type_name, last.qualified_name) is not None)
+            hook_rate = len(hooked) / (time.perf_counter() - began)
+            refs = [e.ref for e in hooked]
+            if len(client.entities(refs)) != len(refs):
+                raise RuntimeError("Atlas applied the last hook entity but not all before it")
+            yield Figure(
+                f"atlas_hook_backlog_{deployments}",
+                hook_rate,
+                "entities/s",
+                "the REST target in the same run",
+                rest_rate,
+                target="ratio >= 0.5 (within 2x of REST)",
+                extra={"entities": len(hooked), "messages": sent.requests},
+            )
+        client.close()
+    finally:
+        service.stop()
+        shutil.rmtree(state, ignore_errors=True)
