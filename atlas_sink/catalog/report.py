@@ -321,14 +321,14 @@ def render_text(report: Report) -> str:
     for key, value in sorted(d["quality"]["trained"].items()):
         out.append(_line(f"trained {key}", value))
     for live in d["quality"]["live"]:
+        if live["windowEnd"] is None:
+            out.append(f"  live on {live['deployment']}: no scoring window reported yet")
+            continue
         lat = live["latencySeconds"]
         rate = live["errorRate"]
         quantiles = "/".join(
             "-" if lat[k] is None else f"{lat[k] * 1000:.1f} ms" for k in ("p50", "p95", "p99")
         )
-        if live["windowEnd"] is None:
-            out.append(f"  live on {live['deployment']}: no scoring window reported yet")
-            continue
         total = live["totalRequests"]
         out.append(
             f"  live on {live['deployment']}: {live['requests'] or 0} requests in the last "

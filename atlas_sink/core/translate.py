@@ -226,63 +226,59 @@ def _version_identity(ctx: _Context, version: str | None = None) -> dict[str, ob
 
 
 def dataset_updates(uri: str, cluster: str, rules: Rules) -> tuple[Update, list[Update]]:
-    """The data set of a URI, and what must exist for Atlas to take it: an S3 object's bucket
-    (Atlas refuses an object without its container, ATLAS-404-00-007)."""
-    dataset = dataset_update(uri, cluster, rules)
-    if dataset.type_name != S3_OBJECT:
-        return dataset, []
-    bucket_name = dataset.values["bucketName"]
-    bucket = Update(
-        S3_BUCKET,
-        naming.uri_dataset(f"s3://{bucket_name}", cluster),
-        {"name": bucket_name},
-    )
-    return dataset._replace(references={"container": bucket.ref}), [bucket]
-
-
-def dataset_update(uri: str, cluster: str, rules: Rules) -> Update:
-    """Map a URI to Atlas's own type for it, named as Atlas's hooks name it."""
+    """Map a URI to Atlas's own type for it, named as Atlas's hooks name it; and what must
+    exist for Atlas to take that data set: an S3 object's bucket (Atlas refuses an object
+    without its container, ATLAS-404-00-007)."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     classifications = tuple(rules.for_dataset(uri))
     if scheme == "kafka":
         topic = parts.path.strip("/") or parts.netloc
         namespace = rules.kafka_namespace or cluster
-        return Update(
+        topic_update = Update(
             KAFKA_TOPIC,
             naming.kafka_topic(topic, namespace),
             {"name": topic, "topic": topic, "uri": uri},
             classifications=classifications,
         )
+        return topic_update, []
     if scheme in ("", "file"):
         path = parts.path or uri
-        return Update(
+        path_update = Update(
             FS_PATH,
             naming.uri_dataset(uri, cluster),
             {"name": path.rsplit("/", 1)[-1] or path, "path": path},
             classifications=classifications,
         )
+        return path_update, []
     if scheme == "hdfs":
-        return Update(
+        hdfs_update = Update(
             HDFS_PATH,
             naming.uri_dataset(uri, cluster),
             {"name": parts.path.rsplit("/", 1)[-1], "path": uri, "clusterName": cluster},
             classifications=classifications,
         )
+        return hdfs_update, []
     if scheme in ("s3", "s3a", "s3n"):
         key = parts.path.strip("/")
-        return Update(
+        bucket = Update(
+            S3_BUCKET, naming.uri_dataset(f"s3://{parts.netloc}", cluster), {"name": parts.netloc}
+        )
+        s3_object = Update(
             S3_OBJECT,
             naming.uri_dataset(uri, cluster),
             {"name": key.rsplit("/", 1)[-1] or parts.netloc, "bucketName": parts.netloc},
+            references={"container": bucket.ref},
             classifications=classifications,
         )
-    return Update(
+        return s3_object, [bucket]
+    other = Update(
         DATASET,
         naming.uri_dataset(uri, cluster),
         {"name": uri, "uri": uri, "scheme": scheme},
         classifications=classifications,
     )
+    return other, []
 
 
 def schema_update(

@@ -403,6 +403,7 @@ class AtlasHookTarget:
             if remaining:
                 log.warning("%d Atlas hook messages undelivered at close", remaining)
             self._producer = None
+            self._partition_count = None
         if self.client is not None:
             self.client.close()
 
