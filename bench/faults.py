@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:  # run as a script: python bench/faults.py
     sys.path.insert(0, str(REPO))
 
 from atlas_sink.core import naming  # noqa: E402
+from atlas_sink.core.entities import LIFETIME_TOTALS  # noqa: E402
 from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE  # noqa: E402
 from capture.config import EmitterConfig  # noqa: E402
 from capture.dataschema import data_schema  # noqa: E402
@@ -486,15 +487,19 @@ def differences(live: list[Row], reference: list[Row], limit: int = 5) -> list[s
     return found[:limit]
 
 
+def _total(attributes: dict[str, Any], name: str) -> int:
+    return int((attributes.get(LIFETIME_TOTALS) or {}).get(name) or 0)
+
+
 def totals(path: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """totalRequests and totalErrors per deployment qualifiedName."""
+    """Lifetime requests and errors per deployment qualifiedName."""
     from atlas_sink.targets.local import LocalCatalog
 
     with LocalCatalog(path) as catalog:
         deployments = catalog.find(DEPLOYMENT_TYPE)
     return (
-        {d.qualified_name: int(d.attributes.get("totalRequests") or 0) for d in deployments},
-        {d.qualified_name: int(d.attributes.get("totalErrors") or 0) for d in deployments},
+        {d.qualified_name: _total(d.attributes, "requests") for d in deployments},
+        {d.qualified_name: _total(d.attributes, "errors") for d in deployments},
     )
 
 

@@ -216,7 +216,7 @@ try {
     { timeout: 60000 },
   );
   const properties = await page.$eval("#tab-details", (tab) => tab.textContent);
-  for (const expected of ["serverKind", "wine-scorer", "currentVersion"]) {
+  for (const expected of ["serverKind", "wine-scorer", "currentVersion", "latestWindow", "latencyP99Seconds"]) {
     if (!properties.includes(expected)) {
       throw new Error(`the Properties tab shows no ${expected}`);
     }

@@ -215,7 +215,7 @@ def test_undeliverable_messages_raise_target_unavailable() -> None:
 
 def test_fetch_without_rest_reads_nothing() -> None:
     target = AtlasHookTarget("127.0.0.1:9")
-    assert target.fetch([Ref("servemeta_model", "wine@local")], ["lastEventTime"]) == {}
+    assert target.fetch([Ref("servemeta_model", "wine@local")], ["zInternalSinkState"]) == {}
 
 
 def test_many_models_share_few_messages_and_each_keeps_its_partition(

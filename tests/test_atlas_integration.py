@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import json
 import re
@@ -36,9 +37,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from atlas_sink.atlas.client import AtlasClient
 from atlas_sink.atlas.typedefs import load_project_typedefs, type_names
+from atlas_sink.catalog.atlas_reader import AtlasCatalog, plain
+from atlas_sink.catalog.report import build_report, render_text
 from atlas_sink.core import naming
 from atlas_sink.core.decode import Decoder
-from atlas_sink.core.entities import Entity
+from atlas_sink.core.entities import SINK_STATE, Entity
 from atlas_sink.core.pipeline import Pipeline, RawMessage
 from atlas_sink.core.target import TargetUnavailable
 from atlas_sink.core.translate import (
@@ -51,6 +54,7 @@ from atlas_sink.core.translate import (
     MODEL_VERSION,
     SCHEMA_CHANGE,
     TRAINING,
+    ClassificationRule,
     Rules,
 )
 from atlas_sink.kafka.consumer import SinkConsumer
@@ -71,6 +75,7 @@ from atlas_sink.targets.atlas_rest import AtlasRestTarget
 from atlas_sink.targets.local import LocalCatalog
 from capture.dataschema import data_schema
 from capture.events import (
+    Artifact,
     Deployment,
     Envelope,
     FieldSpec,
@@ -78,11 +83,15 @@ from capture.events import (
     LogSketch,
     ModelEvent,
     ModelIdentity,
+    ModelLoaded,
     ModelLoadFailed,
+    ModelType,
     ModelUnloaded,
     Payload,
+    Runtime,
     SchemaChanged,
     ScoringStats,
+    Training,
     to_avro,
 )
 from capture.events import Producer as EventProducer
@@ -714,7 +723,7 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     assert attributes["metrics"] == {"test.accuracy": 0.97}
     assert attributes["artifactUri"] == "s3://models/wine/1/model.pkl"
     assert attributes["artifactScheme"] == "s3"
-    assert attributes["encryptedAtRest"] is True
+    assert attributes["artifactEncryption"] == "ENCRYPTED_AT_REST"
     assert attributes["accessMode"] == "private"
     assert attributes["trainingRunId"] == "run-42"
     assert attributes["hyperParameters"] == {"n_estimators": "50"}
@@ -756,15 +765,19 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     assert (attributes["host"], attributes["replicas"]) == ("h1", 2)
     last_requests, last_errors = WINDOWS[-1]
     last_start = T0 + timedelta(seconds=60 * len(WINDOWS))
-    assert attributes["windowRequests"] == last_requests
-    assert attributes["windowErrors"] == last_errors
-    assert attributes["windowStart"] == millis(last_start)
-    assert attributes["windowEnd"] == millis(last_start + timedelta(seconds=60))
-    assert attributes["windowErrorsByKind"] == {"timeout": last_errors}
-    assert attributes["latencyMax"] == pytest.approx(0.004 * (1 + last_errors))
-    assert attributes["latencyP99"] == pytest.approx(0.004)
-    assert attributes["totalRequests"] == sum(r for r, _ in WINDOWS)
-    assert attributes["totalErrors"] == sum(e for _, e in WINDOWS)
+    window = attributes["latestWindow"]
+    assert window["typeName"] == "servemeta_scoring_window"
+    window = window["attributes"]
+    assert (window["requests"], window["errors"]) == (last_requests, last_errors)
+    assert window["start"] == millis(last_start)
+    assert window["end"] == millis(last_start + timedelta(seconds=60))
+    assert window["errorsByKind"] == {"timeout": last_errors}
+    assert window["latencyMaxSeconds"] == pytest.approx(0.004 * (1 + last_errors))
+    assert window["latencyP99Seconds"] == pytest.approx(0.004)
+    assert attributes["lifetimeTotals"] == {
+        "requests": sum(r for r, _ in WINDOWS),
+        "errors": sum(e for _, e in WINDOWS),
+    }
     inputs = {r["guid"] for r in deployment["relationshipAttributes"]["inputs"]}
     outputs = {r["guid"] for r in deployment["relationshipAttributes"]["outputs"]}
     assert inputs == {version["guid"], atlas.must(KAFKA_TOPIC, demo.topic("wine-requests"))["guid"]}
@@ -1065,7 +1078,7 @@ def test_the_hook_target_makes_the_same_entities_as_rest(
         deployment = atlas.entity(DEPLOYMENT, demo.deployment)
         return (
             deployment is not None
-            and deployment["attributes"]["totalRequests"] == expected_total
+            and (deployment["attributes"]["lifetimeTotals"] or {}).get("requests") == expected_total
             and all(atlas.entity(*ref) is not None for ref in demo.refs())
         )
 
@@ -1120,7 +1133,7 @@ def test_an_entity_atlas_refuses_lands_in_the_dlq_with_atlas_s_error_code(
     assert atlas.entity(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster)) is None
     assert atlas.entity(TRAINING, naming.training("wine", "1", cluster)) is None
     iris = atlas.must(DEPLOYMENT, naming.deployment(SERVER, "iris", cluster))
-    assert iris["attributes"]["totalRequests"] == 7
+    assert iris["attributes"]["lifetimeTotals"]["requests"] == 7
     iris_version = atlas.must(MODEL_VERSION, naming.model_version("iris", "1", cluster))
     assert "Confidential" in {c["typeName"] for c in iris_version["classifications"]}
 
@@ -1347,14 +1360,13 @@ MUTABLE_ATTRIBUTES = {
         "status",
         "statusReason",
         "currentVersion",
-        "totalRequests",
-        "totalErrors",
-        "windowRequests",
+        "lifetimeTotals",
+        "latestWindow",
         "servedVersions",
-        "producerWatermarks",
+        SINK_STATE,
     ),
-    MODEL_VERSION: ("status", "statusReason", "replacesVersion"),
-    MODEL: ("latestVersion",),
+    MODEL_VERSION: ("status", "statusReason", "replacesVersion", SINK_STATE),
+    MODEL: ("latestVersion", SINK_STATE),
 }
 
 
@@ -1394,11 +1406,12 @@ def test_exactly_once_on_atlas_equals_the_distinct_events_in_order(
             assert expected is not None
             found = atlas.must(type_name, qualified_name)["attributes"]
             for name in MUTABLE_ATTRIBUTES[type_name]:
-                assert found.get(name) == expected.attributes.get(name), (qualified_name, name)
+                value = plain(found.get(name))
+                assert value == expected.attributes.get(name), (qualified_name, name)
     deployment = atlas.must(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster))
     attributes = deployment["attributes"]
     assert (attributes["status"], attributes["currentVersion"]) == ("IN_SERVICE", "2")
-    assert attributes["totalRequests"] == 10 + 20 + 30 + 7 + 14
+    assert attributes["lifetimeTotals"]["requests"] == 10 + 20 + 30 + 7 + 14
     before = stable(deployment)
 
     # The field's PII reached the lineage below its data set, as a data set's own does.
@@ -1500,3 +1513,71 @@ def test_an_s3_source_is_written_with_its_bucket(atlas: Atlas) -> None:
     assert container["guid"] == bucket["guid"]
     training = atlas.must(TRAINING, naming.training("wine", "1", cluster))
     assert found["guid"] in {i["guid"] for i in training["relationshipAttributes"]["inputs"]}
+
+
+def as_json(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=True, default=str)
+
+
+def assert_same_lines(found: str, expected: str, what: str) -> None:
+    """With the lines that differ, whole: pytest would cut long texts short."""
+    diff = difflib.unified_diff(
+        expected.splitlines(), found.splitlines(), "embedded", "atlas", lineterm=""
+    )
+    assert found == expected, f"{what}:\n" + "\n".join(diff)
+
+
+def _report_scenario(cluster: str) -> list[ModelEvent]:
+    """One model told everything (two versions, a schema change, windows), and one told the
+    least the contract allows: nothing optional, no window."""
+    least = ModelLoaded(
+        model_type=ModelType(framework="sklearn"),
+        artifact=Artifact(uri="file:///m.pkl", scheme="file"),
+        training=Training(sources=[]),
+        input_schema=INPUT,
+        output_schema=OUTPUT,
+        runtime=Runtime(language="python", language_version="3.11", host="h1"),
+    )
+    return [
+        *demo_events(cluster),
+        event(cluster, model_loaded("2", replaces="1"), seq=6, seconds=400, version="2"),
+        event(cluster, least, seq=1, seconds=1, model="least", instance="replica-l"),
+    ]
+
+
+@pytest.mark.timeout(BUDGET)
+def test_atlas_and_the_embedded_catalog_report_the_same_words(atlas: Atlas, tmp_path: Path) -> None:
+    """The same events into both catalogs: the reports agree word for word, text and JSON,
+    and what was never reported reads as unknown in both (no Atlas default, no None)."""
+    cluster = new_cluster("same")
+    messages = [
+        RawMessage("events", 0, i, encode(e)) for i, e in enumerate(_report_scenario(cluster))
+    ]
+    rules = Rules((ClassificationRule("PII", dataset_pattern=re.compile(r"wine\.csv$")),))
+    target = rest_target(atlas.server)
+    try:
+        target.ensure_types()
+        assert Pipeline(target, Decoder(), rules).process(messages).dead == []
+    finally:
+        target.close()
+    with LocalCatalog(tmp_path / "same.sqlite") as local:
+        local.ensure_types()
+        assert Pipeline(local, Decoder(), rules).process(messages).dead == []
+        reports = {"local": {m: build_report(local, m, cluster) for m in ("wine", "least")}}
+    client = AtlasClient(atlas.url, atlas.server.auth)
+    try:
+        remote = AtlasCatalog(client)
+        reports["atlas"] = {m: build_report(remote, m, cluster) for m in ("wine", "least")}
+    finally:
+        client.close()
+    for model in ("wine", "least"):
+        local_report, atlas_report = reports["local"][model], reports["atlas"][model]
+        assert_same_lines(render_text(atlas_report), render_text(local_report), model)
+        assert_same_lines(as_json(atlas_report.data), as_json(local_report.data), model)
+        assert "None" not in render_text(atlas_report)
+    least = reports["atlas"]["least"].data
+    assert least["artifact"]["sizeBytes"] is None
+    assert least["artifact"]["encryptedAtRest"] is None
+    assert least["artifact"]["storage"]["verdict"] == "unknown"
+    (live,) = least["quality"]["live"]
+    assert (live["windowEnd"], live["latencySeconds"]["p99"]) == (None, None)

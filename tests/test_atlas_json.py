@@ -279,20 +279,22 @@ def test_values_are_converted_to_atlas_forms() -> None:
         "s.m@c",
         {
             "statusSince": datetime(2026, 1, 1, tzinfo=UTC),
-            "windowStart": 1767225600000,
-            "latencyMax": float("nan"),
+            "latestWindow": {"start": 1767225600000, "latencyMaxSeconds": float("nan")},
             "servedVersions": {"1": 3, "2": True, "3": None},
-            "windowErrorsByKind": {"timeout": 3, "gone": None},
+            "lifetimeTotals": {"requests": 3, "gone": None},
             "name": "n",
             "unknownAttribute": float("inf"),
         },
     )
     attributes = entity_json.entity_json(entity, MODEL, {})["attributes"]
     assert attributes["statusSince"] == 1767225600000
-    assert attributes["windowStart"] == 1767225600000
-    assert attributes["latencyMax"] is None
+    window = attributes["latestWindow"]  # a struct
+    assert window == {
+        "typeName": "servemeta_scoring_window",
+        "attributes": {"start": 1767225600000, "latencyMaxSeconds": None},
+    }
     assert attributes["servedVersions"] == {"1": "3", "2": "true"}  # map<string,string>
-    assert attributes["windowErrorsByKind"] == {"timeout": 3}  # map<string,long>
+    assert attributes["lifetimeTotals"] == {"requests": 3}  # map<string,long>
     assert attributes["unknownAttribute"] is None
     entity_json.dumps(attributes)  # valid JSON: no NaN left
 

@@ -346,10 +346,10 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
         attrs = deployment.attributes
         assert attrs["status"] == "IN_SERVICE"
         assert attrs["currentVersion"] == "2"
-        assert attrs["totalRequests"] == result.requests_sent > 0
-        assert attrs["totalErrors"] == result.requests_malformed
-        assert attrs["windowRequests"] > 0
-        assert attrs["latencyP50"] > 0
+        assert attrs["lifetimeTotals"]["requests"] == result.requests_sent > 0
+        assert attrs["lifetimeTotals"]["errors"] == result.requests_malformed
+        assert attrs["latestWindow"]["requests"] > 0
+        assert attrs["latestWindow"]["latencyP50Seconds"] > 0
 
         # The output schema change, announced by version 2.
         changes = catalog.find(SCHEMA_CHANGE)

@@ -201,12 +201,14 @@ def test_live_runs_with_restarts_equal_a_replay_and_the_distinct_events(
         expected_requests = sum(
             e.payload.request_count for e in windows if isinstance(e.payload, ScoringStats)
         )
-        assert deployment.attributes.get("totalRequests", 0) == expected_requests
+        assert (
+            deployment.attributes.get("lifetimeTotals", {}).get("requests", 0) == expected_requests
+        )
         # State takes the newest by event time.
         if windows:
             newest = max(windows, key=lambda e: e.envelope.event_time)
             assert isinstance(newest.payload, ScoringStats)
-            assert deployment.attributes["windowRequests"] == newest.payload.request_count
+            assert deployment.attributes["latestWindow"]["requests"] == newest.payload.request_count
         # The status is that of the version loaded last, whatever else was unloaded or failed.
         status, served = _expected_status(distinct)
         attributes = deployment.attributes
@@ -214,7 +216,7 @@ def test_live_runs_with_restarts_equal_a_replay_and_the_distinct_events(
         # The order of arrival leaves no trace: the distinct events in order end the same.
         ordered_deployment = ordered.entity(DEPLOYMENT, DEPLOY)
         assert ordered_deployment is not None
-        for name in ("totalRequests", "totalErrors", "windowRequests", "status", "currentVersion"):
+        for name in ("lifetimeTotals", "latestWindow", "status", "currentVersion"):
             assert deployment.attributes.get(name) == ordered_deployment.attributes.get(name), name
         for catalog in (live, replayed, ordered):
             catalog.close()
@@ -243,4 +245,4 @@ def test_a_known_event_id_with_another_body_is_dead_lettered_and_the_first_stand
         assert (redelivered.dead, redelivered.duplicates) == ([], 1)
         deployment = catalog.entity(DEPLOYMENT, DEPLOY)
         assert deployment is not None
-        assert deployment.attributes["totalRequests"] == 10
+        assert deployment.attributes["lifetimeTotals"]["requests"] == 10

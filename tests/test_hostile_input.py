@@ -332,7 +332,7 @@ def _run_hostile_stream(
     versions = catalog.find(type_name=MODEL_VERSION)
     deployments = catalog.find(type_name=DEPLOYMENT)
     assert len(versions) >= 10 and len(deployments) >= 10
-    assert sum(d.attributes.get("totalRequests", 0) for d in deployments) > 0
+    assert sum(d.attributes.get("lifetimeTotals", {}).get("requests", 0) for d in deployments) > 0
     timings["total"] = time.monotonic() - started
     reasons = Counter(r.reason for r in records)
     print(

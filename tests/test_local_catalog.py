@@ -162,7 +162,10 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     }
     assert version.classifications == ("Confidential",)
     deployment = get(catalog, DEPLOY)
-    assert (deployment.attributes["totalRequests"], deployment.attributes["totalErrors"]) == (10, 1)
+    assert (
+        deployment.attributes["lifetimeTotals"]["requests"],
+        deployment.attributes["lifetimeTotals"]["errors"],
+    ) == (10, 1)
     assert deployment.attributes["status"] == "STOPPED"
     assert deployment.references == {"inputs": [REQUESTS, VERSION], "outputs": [SCORES]}
     assert catalog.entity(KAFKA_TOPIC, "no-such-topic@local") is None
@@ -310,7 +313,10 @@ def test_reprocessing_a_batch_after_a_restart_leaves_totals_unchanged(tmp_path: 
         assert outcome.dead == []
         before = catalog.find()
     deployment = {e.ref: e for e in before}[DEPLOY]
-    assert (deployment.attributes["totalRequests"], deployment.attributes["totalErrors"]) == (90, 9)
+    assert (
+        deployment.attributes["lifetimeTotals"]["requests"],
+        deployment.attributes["lifetimeTotals"]["errors"],
+    ) == (90, 9)
     # Killed before committing offsets: a new process re-reads the same messages.
     with open_catalog(path) as catalog:
         outcome = pipeline(catalog).process(batch)
@@ -347,11 +353,11 @@ def test_batch_sizes_and_restarts_do_not_change_the_catalog(tmp_path: Path) -> N
     ):
         assert _dump_after(tmp_path / f"{name}.db", events, sizes, restart) == whole, name
     deployment = {e.ref: e for e in whole}[DEPLOY].attributes
-    assert deployment["totalRequests"] == sum(3 * n for n in range(3, 23))
-    assert deployment["totalErrors"] == sum(n % 3 for n in range(3, 23)) + 20
+    assert deployment["lifetimeTotals"]["requests"] == sum(3 * n for n in range(3, 23))
+    assert deployment["lifetimeTotals"]["errors"] == sum(n % 3 for n in range(3, 23)) + 20
     # The newest window is i1's last (i2's clock lags by 30 s); the newest status i2's unload
     # until version 2 was loaded.
-    assert (deployment["windowRequests"], deployment["status"]) == (22, "IN_SERVICE")
+    assert (deployment["latestWindow"]["requests"], deployment["status"]) == (22, "IN_SERVICE")
     assert deployment["currentVersion"] == "2"
     replaced = {e.ref: e for e in whole}[VERSION].attributes
     assert (replaced["status"], replaced["statusReason"]) == ("REPLACED", "replaced by version 2")
@@ -410,7 +416,9 @@ def test_nothing_is_written_before_types_are_registered(tmp_path: Path) -> None:
 def test_non_json_values_are_rejected_not_stored(catalog: LocalCatalog) -> None:
     result = catalog.write(
         [
-            Entity(DEPLOYMENT, "d@local", {"name": "d", "latencyMax": float("nan")}),
+            Entity(
+                DEPLOYMENT, "d@local", {"name": "d", "latestWindow": {"requests": float("nan")}}
+            ),
             Entity(KAFKA_TOPIC, "t@local", {"name": "t"}),
         ]
     )

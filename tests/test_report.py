@@ -235,10 +235,27 @@ def test_a_model_reported_with_the_least_the_contract_allows_prints_no_none(
 @pytest.mark.parametrize(
     ("attributes", "verdict"),
     [
-        ({"encryptedAtRest": True, "accessMode": "private", "artifactScheme": "s3"}, "secure"),
-        ({"encryptedAtRest": False, "accessMode": "private"}, "at risk"),
-        ({"encryptedAtRest": True, "accessMode": "posix 0644 world-readable"}, "at risk"),
-        ({"artifactScheme": "http", "encryptedAtRest": True, "accessMode": "x"}, "at risk"),
+        (
+            {
+                "artifactEncryption": "ENCRYPTED_AT_REST",
+                "accessMode": "private",
+                "artifactScheme": "s3",
+            },
+            "secure",
+        ),
+        ({"artifactEncryption": "NOT_ENCRYPTED_AT_REST", "accessMode": "private"}, "at risk"),
+        (
+            {"artifactEncryption": "ENCRYPTED_AT_REST", "accessMode": "posix 0644 world-readable"},
+            "at risk",
+        ),
+        (
+            {
+                "artifactScheme": "http",
+                "artifactEncryption": "ENCRYPTED_AT_REST",
+                "accessMode": "x",
+            },
+            "at risk",
+        ),
         ({"artifactScheme": "file"}, "unknown"),
     ],
 )

@@ -303,7 +303,7 @@ def test_emitted_events_become_catalog_entities(
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
     assert deployment.attributes["status"] == "IN_SERVICE"
-    assert deployment.attributes["totalRequests"] == 2
+    assert deployment.attributes["lifetimeTotals"]["requests"] == 2
     graph = catalog.lineage(MODEL_VERSION, VERSION_QN, "BOTH", 3)
     assert {
         f"fs_path:{naming.uri_dataset('file:///data/wine.csv', CLUSTER)}",
@@ -360,7 +360,7 @@ def test_duplicates_and_out_of_order_events_do_not_change_the_final_state(
     assert catalog_dump(messy) == catalog_dump(in_order)
     deployment = messy.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    assert deployment.attributes["totalRequests"] == 60
+    assert deployment.attributes["lifetimeTotals"]["requests"] == 60
     assert deployment.attributes["currentVersion"] == "2"
     model = messy.entity(MODEL, naming.model("wine", CLUSTER))
     assert model is not None and model.attributes["latestVersion"] == "2"
@@ -396,7 +396,7 @@ def test_poison_messages_land_in_the_dlq_with_their_position(
 
     assert sink.totals.dead_lettered == {"framing": 1, "avro": 1, "unknown_fingerprint": 1}
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-    assert deployment is not None and deployment.attributes["totalRequests"] == 5
+    assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 5
     records = {r.reason: r for r in read_dlq(config)}
     assert set(records) == set(poison)
     by_value = {s.value: s for s in sent}
@@ -514,7 +514,7 @@ def test_a_crash_between_write_and_commit_leaves_no_duplicate(
     assert committed_total(bootstrap, config) == 0
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    before = deployment.attributes["totalRequests"]
+    before = deployment.attributes["lifetimeTotals"]["requests"]
 
     # A new process: fresh pipeline caches, same group, same catalog.
     second = run_until(config, catalog, committed=4)
@@ -522,7 +522,7 @@ def test_a_crash_between_write_and_commit_leaves_no_duplicate(
     assert second.totals.duplicates >= written
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    assert deployment.attributes["totalRequests"] == 60
+    assert deployment.attributes["lifetimeTotals"]["requests"] == 60
     assert before <= 60
     assert committed_total(bootstrap, config) == 4
 
@@ -553,7 +553,7 @@ def test_target_outage_pauses_and_resumes_without_losing_or_repeating(
         sink.close()
     assert sink.totals.batches == 1  # processed once, after two refused attempts
     deployment = flaky.inner.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-    assert deployment is not None and deployment.attributes["totalRequests"] == 10
+    assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 10
 
 
 def test_refused_credentials_stop_the_sink_without_committing(
@@ -639,7 +639,7 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
         step_until(sink, lambda: sink.totals.committed >= 4)
         assert sink.totals.dead_lettered == {"target_rejected": 2}  # none added
         deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-        assert deployment is not None and deployment.attributes["totalRequests"] == 10
+        assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 10
 
         # Re-driving again delivers duplicates, which change nothing.
         before = catalog_dump(catalog)
@@ -749,7 +749,7 @@ def test_a_rebalance_hands_partitions_over_without_loss_or_double_counting(
             DEPLOYMENT_TYPE, naming.deployment("wine-scorer", model, CLUSTER)
         )
         assert deployment is not None
-        assert deployment.attributes["totalRequests"] == 12, model  # each window once
+        assert deployment.attributes["lifetimeTotals"]["requests"] == 12, model  # each window once
     assert committed_total(bootstrap, config) == 36
 
 

@@ -20,10 +20,9 @@ from atlas_sink.atlas.typedefs import load_project_typedefs
 from atlas_sink.core import naming
 from atlas_sink.core.coalesce import Coalesced, coalesce, refs_needing_state
 from atlas_sink.core.entities import (
-    ATTRIBUTE_TIMES,
-    LAST_EVENT_ID,
-    LAST_EVENT_TIME,
+    LIFETIME_TOTALS,
     MAX_WATERMARKS,
+    SINK_STATE,
     Entity,
     EntityState,
     Ref,
@@ -36,7 +35,6 @@ from atlas_sink.core.translate import (
     DATA_SCHEMA,
     DATASET,
     DEPLOYMENT,
-    DEPLOYMENT_TOTALS,
     FS_PATH,
     HDFS_PATH,
     KAFKA_TOPIC,
@@ -189,7 +187,7 @@ def test_model_loaded_builds_training_and_serving_lineage() -> None:
     assert (values["framework"], values["frameworkVersion"]) == ("sklearn", "1.5.0")
     assert values["algorithm"] == "RandomForestClassifier"
     assert values["artifactUri"] == "s3://models/wine/1/model.pkl"
-    assert (values["encryptedAtRest"], values["accessMode"]) == (True, "private")
+    assert (values["artifactEncryption"], values["accessMode"]) == ("ENCRYPTED_AT_REST", "private")
     assert values["metrics"] == {"test.accuracy": 0.97}
     assert values["trainingRunId"] == "run-42"
     assert (values["owner"], values["tags"], values["properties"]) == (
@@ -339,14 +337,20 @@ def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
     updates = translate(event(scoring_stats(), 5), NO_RULES)
     deployment = one(updates, DEPLOY)
     assert set(by_ref(updates)) == {DEPLOY}
-    assert deployment.totals == {"totalRequests": 10, "totalErrors": 1}
+    assert deployment.totals == {"requests": 10, "errors": 1}
     values = deployment.values
-    assert (values["windowRequests"], values["windowErrors"]) == (10, 1)
-    assert (values["latencyMin"], values["latencyMax"], values["latencyP99"]) == (0.001, 0.02, 0.02)
-    assert values["windowErrorsByKind"] == {"timeout": 1}
-    assert values["windowStart"] == micros(T0) // 1000
-    assert values["windowEnd"] == micros(T0 + timedelta(seconds=60)) // 1000
-    assert values["statsModelVersion"] == "1"
+    window = values["latestWindow"]
+    assert (window["requests"], window["errors"]) == (10, 1)
+    latency = (
+        window["latencyMinSeconds"],
+        window["latencyMaxSeconds"],
+        window["latencyP99Seconds"],
+    )
+    assert latency == (0.001, 0.02, 0.02)
+    assert window["errorsByKind"] == {"timeout": 1}
+    assert window["start"] == micros(T0) // 1000
+    assert window["end"] == micros(T0 + timedelta(seconds=60)) // 1000
+    assert window["modelVersion"] == "1"
     # A first stats window must make a valid deployment on its own.
     assert values["name"] == "wine-scorer serving wine"
     assert deployment.references == {}
@@ -521,7 +525,7 @@ def test_same_producer_and_sequence_is_a_duplicate_whatever_its_content() -> Non
     resent = event(stats(99, 9), 3)
     result, after = run(translate(resent, NO_RULES), states)
     assert (result.duplicates, result.entities) == (1, [])
-    assert after[DEPLOY].totals == {"totalRequests": 10, "totalErrors": 1}
+    assert after[DEPLOY].totals == {"requests": 10, "errors": 1}
 
 
 def _store_after(batches: Iterable[Sequence[ModelEvent]]) -> dict[Ref, dict[str, Any]]:
@@ -543,13 +547,14 @@ def test_an_older_event_never_overwrites_newer_values() -> None:
         assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
         # Values the newer event did not carry still come from the older one.
         assert (deployment["currentVersion"], deployment["host"]) == ("1", "h1")
-        assert deployment[LAST_EVENT_TIME] == micros(T0 + timedelta(seconds=10))
-        assert deployment[LAST_EVENT_ID] == newer.envelope.event_id
+        state = json.loads(deployment[SINK_STATE])
+        assert state["lastEventTime"] == micros(T0 + timedelta(seconds=10))
+        assert state["lastEventId"] == newer.envelope.event_id
         assert store[VERSION]["status"] == "UNLOADED"
         assert store[VERSION]["framework"] == "sklearn"
-        marks = EntityState.from_attributes(deployment, DEPLOYMENT_TOTALS).applied_sequences
+        marks = EntityState.from_attributes(deployment).applied_sequences
         assert marks == {"i1/wine": ((1, 1),), "i2/wine": ((1, 1),)}
-        assert deployment[ATTRIBUTE_TIMES]["host"] == str(micros(T0 + timedelta(seconds=5)))
+        assert state["attributeTimes"]["host"] == micros(T0 + timedelta(seconds=5))
         assert deployment["statusSince"] == micros(T0 + timedelta(seconds=10)) // 1000
 
 
@@ -570,7 +575,7 @@ def test_a_deployment_status_follows_the_version_it_serves_in_any_arrival_order(
             deployment = _store_after(batches)[DEPLOY]
             assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", "2")
             assert deployment["statusSince"] == micros(at(2)) // 1000
-            served = {v: json.loads(r)["status"] for v, r in deployment["servedVersions"].items()}
+            served = {v: r.split()[0] for v, r in deployment["servedVersions"].items()}
             assert served == {"1": "STOPPED", "2": "IN_SERVICE", "3": "FAILED"}
     # Unloading the version it serves does stop it.
     unload_2 = event(ModelUnloaded(reason="shutdown"), 5, version="2", at=at(5))
@@ -590,24 +595,24 @@ def test_a_late_stats_window_adds_to_totals_but_not_to_the_latest_window() -> No
     late = event(stats(10, 1), 1, instance="i1", at=T0 + timedelta(seconds=60))
     result, _ = run(translate(newer, NO_RULES) + translate(late, NO_RULES))
     deployment = entities_of(result)[DEPLOY].attributes
-    assert (deployment["windowRequests"], deployment["windowErrors"]) == (40, 4)
-    assert (deployment["totalRequests"], deployment["totalErrors"]) == (50, 5)
+    window = deployment["latestWindow"]
+    assert (window["requests"], window["errors"]) == (40, 4)
+    assert deployment[LIFETIME_TOTALS] == {"requests": 50, "errors": 5}
 
 
 def test_totals_add_once_per_event_and_redelivery_adds_nothing() -> None:
     first, second = event(stats(10, 1), 1), event(stats(30, 2), 2)
     result, states = run(translate(first, NO_RULES) + translate(second, NO_RULES))
-    assert entities_of(result)[DEPLOY].attributes["totalRequests"] == 40
-    assert entities_of(result)[DEPLOY].attributes["totalErrors"] == 3
+    assert entities_of(result)[DEPLOY].attributes[LIFETIME_TOTALS] == {"requests": 40, "errors": 3}
     # Redelivered after a crash, alongside one new window.
     third = event(stats(5, 0), 3)
     updates = [u for e in (first, second, third) for u in translate(e, NO_RULES)]
     result, states = run(updates, states)
     assert result.duplicates == 2
     attributes = entities_of(result)[DEPLOY].attributes
-    assert (attributes["totalRequests"], attributes["totalErrors"]) == (45, 3)
+    assert attributes[LIFETIME_TOTALS] == {"requests": 45, "errors": 3}
     # The stored attributes restore exactly the state that guards the next batch.
-    restored = EntityState.from_attributes(attributes, DEPLOYMENT_TOTALS)
+    restored = EntityState.from_attributes(attributes)
     assert restored == states[DEPLOY]
 
 
@@ -618,15 +623,15 @@ def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
     result, _ = run(translate(first, NO_RULES) + translate(third, NO_RULES))
     assert result.duplicates == 0
     attributes = entities_of(result)[DEPLOY].attributes
-    restored = EntityState.from_attributes(attributes, DEPLOYMENT_TOTALS)  # a restarted sink
+    restored = EntityState.from_attributes(attributes)  # a restarted sink
     assert restored.applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
     late, _ = run(translate(second, NO_RULES), {DEPLOY: restored})
     assert late.duplicates == 0
     totals = entities_of(late)[DEPLOY].attributes
-    assert (totals["totalRequests"], totals["totalErrors"]) == (60, 6)
+    assert totals[LIFETIME_TOTALS] == {"requests": 60, "errors": 6}
     again, _ = run(
         translate(second, NO_RULES),
-        {DEPLOY: EntityState.from_attributes(totals, DEPLOYMENT_TOTALS)},
+        {DEPLOY: EntityState.from_attributes(totals)},
     )
     assert (again.duplicates, again.entities) == (1, [])
 
@@ -634,12 +639,12 @@ def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
 def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> None:
     stored = EntityState(
         applied_sequences={f"gone-{n}/wine": ((1, 1000 + n),) for n in range(MAX_WATERMARKS)},
-        totals={"totalRequests": 0, "totalErrors": 0},
+        totals={"requests": 0, "errors": 0},
     )
     window = event(stats(10, 1), 1, instance="new-pod")
     written = coalesce(translate(window, NO_RULES), {DEPLOY: stored}).entities[0].attributes
     # After a restart the state comes back from what was written; the window is redelivered.
-    restored = EntityState.from_attributes(written, DEPLOYMENT_TOTALS)
+    restored = EntityState.from_attributes(written)
     again = coalesce(translate(window, NO_RULES), {DEPLOY: restored})
     assert (again.duplicates, again.entities) == (1, [])
 
@@ -656,9 +661,9 @@ def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() ->
         f"scorer-{n}.wine@local" for n in range(10)
     ]
     for entity in result.entities:
-        assert (entity.attributes["totalRequests"], entity.attributes["totalErrors"]) == (1000, 100)
+        assert entity.attributes[LIFETIME_TOTALS] == {"requests": 1000, "errors": 100}
         server = entity.qualified_name.split(".")[0].removeprefix("scorer-")
-        marks = EntityState.from_attributes(entity.attributes, DEPLOYMENT_TOTALS).applied_sequences
+        marks = EntityState.from_attributes(entity.attributes).applied_sequences
         assert marks == {f"pod-{server}/wine": ((1, 100),)}
 
 
@@ -754,12 +759,12 @@ def test_any_batch_split_of_a_stream_yields_the_same_entities() -> None:
         ]
         assert len(windows) > 20
         deployment = whole[Ref(DEPLOYMENT, f"wine-scorer.{model}@local")][0]
-        assert deployment["totalRequests"] == sum(
+        assert deployment[LIFETIME_TOTALS]["requests"] == sum(
             e.payload.request_count for e in windows if isinstance(e.payload, ScoringStats)
         )
         newest = max(windows, key=lambda e: e.envelope.event_time)
         assert isinstance(newest.payload, ScoringStats)
-        assert deployment["windowRequests"] == newest.payload.request_count
+        assert deployment["latestWindow"]["requests"] == newest.payload.request_count
     assert whole[SOURCE][2] == ["PII"]
 
 
@@ -962,5 +967,34 @@ def test_a_late_event_s_write_still_names_the_entity() -> None:
     result, _ = run(translate(late, NO_RULES), states)
     deployment = entities_of(result)[DEPLOY].attributes
     assert deployment["name"] == "wine-scorer serving wine"
-    assert "windowRequests" not in deployment  # the late window's values lose to the newer
-    assert deployment["totalRequests"] == 50
+    assert "latestWindow" not in deployment  # the late window's values lose to the newer
+    assert deployment[LIFETIME_TOTALS]["requests"] == 50
+
+
+def test_a_catalog_written_before_the_sink_state_attribute_keeps_its_guard_and_totals() -> None:
+    """An entity as servemeta wrote it before type version 2.0 (its bookkeeping in separate
+    attributes): the upgraded sink reads it, so a redelivered window adds nothing and a new
+    one adds to the old totals."""
+    at = micros(T0 + timedelta(seconds=1))
+    legacy = {
+        "attributeTimes": {"host": str(at)},
+        "producerWatermarks": {"i1/wine": f"1-2@{at}"},
+        "lastEventTime": at,
+        "lastEventId": "e-2",
+        "servedVersions": {
+            "1": json.dumps({"status": "IN_SERVICE", "at": at, "loadedAt": at, "reason": None})
+        },
+        "totalRequests": 30,
+        "totalErrors": 3,
+    }
+    state = EntityState.from_attributes(legacy)
+    assert state.applied_sequences == {"i1/wine": ((1, 2),)}
+    assert (state.last_event_time, state.last_event_id, state.times) == (at, "e-2", {"host": at})
+    assert state.current_version() == "1"
+    assert state.totals == {"requests": 30, "errors": 3}
+    again, _ = run(translate(event(stats(10, 1), 2), NO_RULES), {DEPLOY: state})
+    assert (again.duplicates, again.entities) == (1, [])
+    new, _ = run(translate(event(stats(10, 1), 3), NO_RULES), {DEPLOY: state})
+    assert entities_of(new)[DEPLOY].attributes[LIFETIME_TOTALS] == {"requests": 40, "errors": 4}
+    # Atlas reads a total never written as 0: that is no total.
+    assert EntityState.from_attributes({"totalRequests": 0, "totalErrors": 0}).totals == {}

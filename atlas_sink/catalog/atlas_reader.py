@@ -45,10 +45,10 @@ def _is_object_id(value: Any) -> bool:
     )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Struct values come as {typeName, attributes}: keep the attributes."""
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict) and "attributes" in value and "typeName" in value:
         return dict(value["attributes"])
     return value
@@ -73,19 +73,26 @@ class AtlasCatalog:
         guid = value.get("guid")
         if qualified is None and guid in referred:
             qualified = referred[guid]["attributes"].get("qualifiedName")
-        if qualified is None and guid in self._qualified_names:
-            return self._qualified_names[guid]
-        if qualified is None and guid:
-            # Relationship ends carry only a guid: ask Atlas once, then remember it.
-            answer = self._rest.entity_by_guid(guid)
-            if answer is None:
-                return None
-            qualified = answer["entity"]["attributes"].get("qualifiedName")
         if qualified is None:
-            return None
+            return self._by_guid(guid) if guid else None
         ref = Ref(value["typeName"], qualified)
         if guid:
             self._qualified_names[guid] = ref
+        return ref
+
+    def _by_guid(self, guid: str) -> Ref | None:
+        """Relationship ends and propagated classifications name entities by guid alone: ask
+        Atlas once, then remember it."""
+        if guid in self._qualified_names:
+            return self._qualified_names[guid]
+        answer = self._rest.entity_by_guid(guid)
+        if answer is None:
+            return None
+        entity = answer["entity"]
+        qualified = (entity.get("attributes") or {}).get("qualifiedName")
+        if qualified is None:
+            return None
+        ref = self._qualified_names[guid] = Ref(entity["typeName"], qualified)
         return ref
 
     def _stored(self, answer: dict[str, Any]) -> StoredEntity:
@@ -103,7 +110,7 @@ class AtlasCatalog:
             elif isinstance(value, list) and value and all(_is_object_id(v) for v in value):
                 references[name] = [r for v in value if (r := self._ref(v, referred))]
             elif name not in relationship:
-                attributes[name] = _plain(value)
+                attributes[name] = plain(value)
         qualified = attributes.get("qualifiedName", "")
         if guid:
             self._qualified_names[guid] = Ref(entity["typeName"], qualified)
@@ -114,7 +121,7 @@ class AtlasCatalog:
             if origin in (None, guid):
                 own.append(classification["typeName"])
             else:
-                source = self._qualified_names.get(origin)
+                source = self._by_guid(origin)
                 propagated[classification["typeName"]] = (
                     entity_key(source) if source else f"guid:{origin}",
                 )

@@ -24,7 +24,7 @@ from atlas_sink.catalog.reader import (
 )
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Ref
-from atlas_sink.core.translate import DEPLOYMENT, MODEL_VERSION, SCHEMA_CHANGE
+from atlas_sink.core.translate import DEPLOYMENT, ENCRYPTED, MODEL_VERSION, SCHEMA_CHANGE
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ def _refs(value: Ref | list[Ref] | None) -> list[Ref]:
 
 
 def _millis(value: Any) -> str | None:
-    if value is None:
+    # Atlas keeps a date never written as 0 (and its UI shows it empty): unknown, like None.
+    if not value:
         return None
     return datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(timespec="seconds")
 
@@ -58,11 +59,17 @@ def _schema(reader: CatalogReader, ref: Ref | None) -> dict[str, Any] | None:
     }
 
 
+def encrypted_at_rest(attributes: dict[str, Any]) -> bool | None:
+    """True, False, or None when the server did not say."""
+    encryption = attributes.get("artifactEncryption")
+    return None if encryption is None else encryption == ENCRYPTED
+
+
 def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
     """How safely the artifact is stored, from the facts the server reported."""
     problems = []
     scheme = str(attributes.get("artifactScheme") or "").lower()
-    encrypted = attributes.get("encryptedAtRest")
+    encrypted = encrypted_at_rest(attributes)
     access = str(attributes.get("accessMode") or "")
     if encrypted is False:
         problems.append("not encrypted at rest")
@@ -123,7 +130,9 @@ def build_report(
             continue
         pa = process.attributes
         # Unknown stays None (null in JSON): no window reported is not a window of 0 requests.
-        requests = pa.get("windowRequests")
+        window: dict[str, Any] = pa.get("latestWindow") or {}
+        totals: dict[str, Any] = pa.get("lifetimeTotals") or {}
+        requests = window.get("requests")
         deployments.append(
             {
                 "name": pa.get("name"),
@@ -152,19 +161,19 @@ def build_report(
                 "classifications": list(process.all_classifications),
                 "propagationPending": process.propagation_pending,
                 "live": {
-                    "windowStart": _millis(pa.get("windowStart")),
-                    "windowEnd": _millis(pa.get("windowEnd")),
+                    "windowStart": _millis(window.get("start")),
+                    "windowEnd": _millis(window.get("end")),
                     "requests": requests,
-                    "errors": pa.get("windowErrors"),
-                    "errorRate": (pa.get("windowErrors") or 0) / requests if requests else None,
-                    "errorsByKind": pa.get("windowErrorsByKind") or {},
+                    "errors": window.get("errors"),
+                    "errorRate": (window.get("errors") or 0) / requests if requests else None,
+                    "errorsByKind": window.get("errorsByKind") or {},
                     "latencySeconds": {
-                        k: pa.get(f"latency{k.title()}")
+                        k: window.get(f"latency{k.title()}Seconds")
                         for k in ("min", "p50", "p95", "p99", "max")
                     },
-                    "totalRequests": pa.get("totalRequests"),
-                    "totalErrors": pa.get("totalErrors"),
-                    "statsModelVersion": pa.get("statsModelVersion"),
+                    "totalRequests": totals.get("requests"),
+                    "totalErrors": totals.get("errors"),
+                    "statsModelVersion": window.get("modelVersion"),
                 },
             }
         )
@@ -212,9 +221,9 @@ def build_report(
         "artifact": {
             "uri": attrs.get("artifactUri"),
             "scheme": attrs.get("artifactScheme"),
-            "encryptedAtRest": attrs.get("encryptedAtRest"),
+            "encryptedAtRest": encrypted_at_rest(attrs),
             "accessMode": attrs.get("accessMode"),
-            "sizeBytes": attrs.get("artifactSizeBytes"),
+            "sizeBytes": (attrs.get("artifactSize") or {}).get("bytes"),
             "contentHash": attrs.get("contentHash"),
             "storage": storage_assessment(attrs),
         },

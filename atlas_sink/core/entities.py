@@ -8,7 +8,9 @@ Mutable entities (model, model version, deployment) also carry their ``EntitySta
 newest event applied (so an older event never overwrites newer values) and, per producer
 and model, the sequences applied (``sequence_ranges``: so a redelivered event never counts
 twice, and a late one still counts once). The state is written in the same entity as the
-values it guards, so it survives with the catalog: a restarted sink and a replay agree.
+values it guards, so it survives with the catalog: a restarted sink and a replay agree. It
+is written as one JSON text in one attribute (``SINK_STATE``) that only the sink reads, so
+that a reviewer reading the entity meets the values, not the bookkeeping.
 """
 
 from __future__ import annotations
@@ -16,19 +18,36 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from atlas_sink.core import sequence_ranges
 from atlas_sink.core.sequence_ranges import Ranges
 
-# Attributes every mutable entity type carries (see deploy/atlas/servemeta_typedefs.json).
-LAST_EVENT_TIME = "lastEventTime"
-LAST_EVENT_ID = "lastEventId"
-ATTRIBUTE_TIMES = "attributeTimes"
-WATERMARKS = "producerWatermarks"
+# Every mutable entity type carries it (see deploy/atlas/servemeta_typedefs.json). Its name
+# sorts last: Atlas's UI lists an entity's attributes alphabetically.
+SINK_STATE = "zInternalSinkState"
+# Deployments: what every applied scoring window added up to, by count name (absent until a
+# window is applied: Atlas would read a never-written number as 0).
+LIFETIME_TOTALS = "lifetimeTotals"
 # Deployments only: per version, what the newest event about it said (see ``Served``).
 SERVED_VERSIONS = "servedVersions"
+# What servemeta wrote before type version 2.0, as separate attributes that reviewers met
+# first: read when the entity has no SINK_STATE yet, so that a sink upgraded over an existing
+# catalog keeps its guard against repeated events, and its totals. Atlas keeps the old
+# attributes (it deletes none); they are no longer written.
+LEGACY_STATE_ATTRIBUTES = (
+    "attributeTimes",
+    "producerWatermarks",
+    "lastEventTime",
+    "lastEventId",
+    "servedVersions",
+    "totalRequests",
+    "totalErrors",
+)
+# Attributes the sink reads back to rebuild an entity's state.
+STATE_ATTRIBUTES = (SINK_STATE, LIFETIME_TOTALS, *LEGACY_STATE_ATTRIBUTES)
 
 # Values of a mutable entity fixed by its qualifiedName (model and version names): the same in
 # every event about it, and mandatory in Atlas, so written with every upsert.
@@ -150,82 +169,134 @@ class EntityState:
         )
 
     def _served_attributes(self) -> dict[str, Any]:
+        """For reviewers: the deployment's status, and per version served there the newest
+        word on it in words (the records themselves are in the sink's state)."""
         current = self.current_version()
         if current is None:
             return {}
         record = self.served[current]
-        records = self.served
-        others = sorted(
-            (v for v in records if v != current),
-            key=lambda v: (max(records[v].at, records[v].loaded_at), v),
-        )
-        kept = [current, *others[-(MAX_SERVED_VERSIONS - 1) :]]
         return {
             "status": record.status,
             "statusReason": record.reason,
             "statusSince": record.at // 1000,
             SERVED_VERSIONS: {
-                v: json.dumps(
-                    {
-                        "status": records[v].status,
-                        "at": records[v].at,
-                        "loadedAt": records[v].loaded_at,
-                        "reason": records[v].reason,
-                    },
-                    separators=(",", ":"),
-                )
-                for v in sorted(kept)
+                version: _in_words(self.served[version]) for version in self._kept_versions()
             },
         }
 
+    def _kept_versions(self) -> list[str]:
+        current = self.current_version()
+        records = self.served
+        others = sorted(
+            (v for v in records if v != current),
+            key=lambda v: (max(records[v].at, records[v].loaded_at), v),
+        )
+        kept = [*others[-(MAX_SERVED_VERSIONS - 1) :]]
+        if current is not None:
+            kept.append(current)
+        return sorted(kept)
+
     def to_attributes(self) -> dict[str, Any]:
-        """Atlas maps hold strings: a producer's sequences are written as
-        ``<ranges>@<micros>`` (``1-41,43-50@1764000000000000``)."""
+        """A producer's sequences are written as ``<ranges>@<micros>``
+        (``1-41,43-50@1764000000000000``): the ranges, and when they last grew."""
         producers = self.applied_sequences
         recent = sorted(producers, key=lambda p: self.marked_at.get(p, 0))[-MAX_WATERMARKS:]
-        return {
-            ATTRIBUTE_TIMES: {name: str(t) for name, t in sorted(self.times.items())},
-            WATERMARKS: {
+        state: dict[str, Any] = {
+            "attributeTimes": dict(sorted(self.times.items())),
+            "producers": {
                 p: f"{sequence_ranges.to_text(producers[p])}@{self.marked_at.get(p, 0)}"
                 for p in sorted(recent)
             },
-            LAST_EVENT_TIME: self.last_event_time,
-            LAST_EVENT_ID: self.last_event_id,
-            **self.totals,
+            "lastEventTime": self.last_event_time,
+            "lastEventId": self.last_event_id,
+        }
+        if self.served:
+            state["served"] = {
+                v: [
+                    self.served[v].loaded_at,
+                    self.served[v].at,
+                    self.served[v].status,
+                    self.served[v].reason,
+                ]
+                for v in self._kept_versions()
+            }
+        attributes: dict[str, Any] = {
+            SINK_STATE: json.dumps(state, separators=(",", ":"), ensure_ascii=False),
             **self._served_attributes(),
         }
+        if self.totals:
+            attributes[LIFETIME_TOTALS] = dict(sorted(self.totals.items()))
+        return attributes
 
     @classmethod
-    def from_attributes(
-        cls, attributes: dict[str, Any], total_names: tuple[str, ...]
-    ) -> EntityState:
+    def from_attributes(cls, attributes: Mapping[str, Any]) -> EntityState:
+        """The state ``to_attributes`` wrote; an entity without it has none yet."""
+        text = attributes.get(SINK_STATE)
+        state: dict[str, Any] = json.loads(text) if text else _legacy_state(attributes)
+        totals = attributes.get(LIFETIME_TOTALS) or _legacy_totals(attributes)
         marks = {
             producer: value.partition("@")
-            for producer, value in (attributes.get(WATERMARKS) or {}).items()
+            for producer, value in (state.get("producers") or {}).items()
         }
         return cls(
-            times={k: int(v) for k, v in (attributes.get(ATTRIBUTE_TIMES) or {}).items()},
+            times={k: int(v) for k, v in (state.get("attributeTimes") or {}).items()},
             applied_sequences={
                 p: sequence_ranges.from_text(ranges) for p, (ranges, _, _) in marks.items()
             },
-            # A total never written stays absent: writing 0 for it would make a restarted
+            # Totals never written stay absent: writing 0 for them would make a restarted
             # sink's catalog differ from a replay's, and say "none" where nothing is known.
-            totals={n: int(attributes[n]) for n in total_names if attributes.get(n) is not None},
-            last_event_time=int(attributes.get(LAST_EVENT_TIME) or 0),
-            last_event_id=attributes.get(LAST_EVENT_ID),
+            totals={k: int(v) for k, v in totals.items()},
+            last_event_time=int(state.get("lastEventTime") or 0),
+            last_event_id=state.get("lastEventId"),
             marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},
             served={
-                version: _version_record(text)
-                for version, text in (attributes.get(SERVED_VERSIONS) or {}).items()
+                version: VersionRecord(int(loaded_at), int(at), str(status), reason)
+                for version, (loaded_at, at, status, reason) in (state.get("served") or {}).items()
             },
         )
 
 
-def _version_record(text: str) -> VersionRecord:
-    record = json.loads(text)
-    return VersionRecord(
-        int(record["loadedAt"]), int(record["at"]), str(record["status"]), record.get("reason")
-    )
+def _legacy_state(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The state as ``to_attributes`` would hold it, from the attributes of before 2.0."""
+    served = {}
+    for version, text in (attributes.get("servedVersions") or {}).items():
+        if str(text).startswith("{"):  # a record in JSON, not the words written since
+            record = json.loads(text)
+            served[version] = [
+                record["loadedAt"],
+                record["at"],
+                record["status"],
+                record.get("reason"),
+            ]
+    return {
+        "attributeTimes": attributes.get("attributeTimes") or {},
+        "producers": attributes.get("producerWatermarks") or {},
+        "lastEventTime": attributes.get("lastEventTime") or 0,
+        "lastEventId": attributes.get("lastEventId"),
+        "served": served,
+    }
+
+
+def _legacy_totals(attributes: Mapping[str, Any]) -> dict[str, int]:
+    # Atlas reads a total never written as 0: only a count of requests says one was written.
+    if not attributes.get("totalRequests"):
+        return {}
+    return {
+        "requests": int(attributes["totalRequests"]),
+        "errors": int(attributes.get("totalErrors") or 0),
+    }
+
+
+def _in_words(record: VersionRecord) -> str:
+    """``IN_SERVICE since 2026-12-03T19:51:55Z, loaded 2026-12-03T19:51:55Z (reason)``."""
+    text = f"{record.status} since {_iso(record.at)}"
+    if record.loaded_at:
+        text += f", loaded {_iso(record.loaded_at)}"
+    return text + (f" ({record.reason})" if record.reason else "")
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)

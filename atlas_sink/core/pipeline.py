@@ -20,11 +20,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from atlas_sink.core.coalesce import Coalesced, coalesce, refs_needing_state
 from atlas_sink.core.decode import DecodeError, Decoder
 from atlas_sink.core.entities import (
-    ATTRIBUTE_TIMES,
-    LAST_EVENT_ID,
-    LAST_EVENT_TIME,
-    SERVED_VERSIONS,
-    WATERMARKS,
+    STATE_ATTRIBUTES,
     Entity,
     EntityState,
     Ref,
@@ -33,8 +29,6 @@ from atlas_sink.core.entities import (
 from atlas_sink.core.previous_schemas import PreviousSchemas
 from atlas_sink.core.target import Target
 from atlas_sink.core.translate import (
-    DEPLOYMENT,
-    DEPLOYMENT_TOTALS,
     Rules,
     judged_compatibility,
     translate,
@@ -193,10 +187,6 @@ class Counts:
             self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
-_STATE_ATTRIBUTES = (ATTRIBUTE_TIMES, WATERMARKS, LAST_EVENT_TIME, LAST_EVENT_ID, SERVED_VERSIONS)
-_TOTALS_BY_TYPE = {DEPLOYMENT: DEPLOYMENT_TOTALS}
-
-
 class Pipeline:
     def __init__(
         self,
@@ -340,14 +330,9 @@ class Pipeline:
             else:
                 states[ref] = cached
         if missing:
-            names = sorted({*_STATE_ATTRIBUTES, *DEPLOYMENT_TOTALS})
-            stored = self.target.fetch(sorted(missing), names)
+            stored = self.target.fetch(sorted(missing), list(STATE_ATTRIBUTES))
             for ref in missing:
-                attributes = stored.get(ref)
-                totals = _TOTALS_BY_TYPE.get(ref.type_name, ())
-                states[ref] = (
-                    EntityState.from_attributes(attributes, totals) if attributes else EntityState()
-                )
+                states[ref] = EntityState.from_attributes(stored.get(ref) or {})
         return states
 
     def _changed_since_written(self, entity: Entity) -> bool:

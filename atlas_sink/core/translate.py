@@ -69,9 +69,10 @@ ATLAS_RELATIONSHIPS_WRITTEN = (
     "aws_s3_v2_container_contained",
 )
 
-# Totals accumulated on deployments; the coalescer adds them once per event.
-DEPLOYMENT_TOTALS = ("totalRequests", "totalErrors")
 MUTABLE_TYPES = (MODEL, MODEL_VERSION, DEPLOYMENT)
+# Values of the servemeta_encryption enum (artifactEncryption).
+ENCRYPTED = "ENCRYPTED_AT_REST"
+NOT_ENCRYPTED = "NOT_ENCRYPTED_AT_REST"
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,7 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
     updates += [input_schema, output_schema]
     version_ref = _version_ref(ctx)
     artifact = loaded.artifact
+    size = artifact.size_bytes
     updates.append(
         ctx.mutable(
             MODEL_VERSION,
@@ -363,9 +365,10 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
                 "task": loaded.model_type.task,
                 "artifactUri": artifact.uri,
                 "artifactScheme": artifact.scheme,
-                "encryptedAtRest": artifact.encrypted_at_rest,
+                "artifactEncryption": _encryption(artifact.encrypted_at_rest),
                 "accessMode": artifact.access_mode,
-                "artifactSizeBytes": artifact.size_bytes,
+                # A map, absent when unreported: Atlas reads a never-written long as 0.
+                "artifactSize": None if size is None else {"bytes": size},
                 "trainingRunId": loaded.training.run_id,
                 "trainingRunUrl": loaded.training.run_url,
                 "hyperParameters": dict(loaded.training.hyper_parameters),
@@ -521,27 +524,36 @@ def _schema_changed(ctx: _Context, changed: SchemaChanged) -> list[Update]:
     ]
 
 
+def _encryption(encrypted: bool | None) -> str | None:
+    """An enum, absent when unreported: Atlas reads a never-written boolean as false."""
+    if encrypted is None:
+        return None
+    return ENCRYPTED if encrypted else NOT_ENCRYPTED
+
+
 def _scoring_stats(ctx: _Context, stats: ScoringStats) -> list[Update]:
     latency = stats.latency
+    # One struct, absent until a window is applied: Atlas keeps an unwritten struct as
+    # absent, where it would read each of these numbers as 0.
+    window = {
+        "start": micros(stats.window_start) // 1000,
+        "end": micros(stats.window_end) // 1000,
+        "modelVersion": ctx.event.envelope.model.version,
+        "requests": stats.request_count,
+        "errors": stats.error_count,
+        "errorsByKind": dict(stats.errors_by_kind),
+        "latencyMinSeconds": latency.min,
+        "latencyMeanSeconds": latency.mean,
+        "latencyP50Seconds": latency.p50,
+        "latencyP95Seconds": latency.p95,
+        "latencyP99Seconds": latency.p99,
+        "latencyMaxSeconds": latency.max,
+    }
     return [
         ctx.mutable(
             DEPLOYMENT,
             _deployment_ref(ctx).qualified_name,
-            {
-                **_deployment_identity(ctx),
-                "windowStart": micros(stats.window_start) // 1000,
-                "windowEnd": micros(stats.window_end) // 1000,
-                "windowRequests": stats.request_count,
-                "windowErrors": stats.error_count,
-                "windowErrorsByKind": dict(stats.errors_by_kind),
-                "latencyMin": latency.min,
-                "latencyMax": latency.max,
-                "latencyMean": latency.mean,
-                "latencyP50": latency.p50,
-                "latencyP95": latency.p95,
-                "latencyP99": latency.p99,
-                "statsModelVersion": ctx.event.envelope.model.version,
-            },
-            totals={"totalRequests": stats.request_count, "totalErrors": stats.error_count},
+            {**_deployment_identity(ctx), "latestWindow": window},
+            totals={"requests": stats.request_count, "errors": stats.error_count},
         )
     ]
