@@ -3,7 +3,7 @@ the hook topic, against Atlas's own bulk upsert of the same entity JSON in the s
 
 The entities are the sink's own: ModelLoaded events for each deployment, translated by the
 real pipeline. Each path writes to clusters of its own, so no path updates what another made.
-Live freshness under a steady event rate is not measured here yet (see BENCHMARKS.md).
+Then live freshness: the whole sink at a steady rate of scoring windows (bench/atlas_freshness).
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ from capture.events import (
 from capture.framing import single_object_framer
 
 SIZES = (20, 100)
+# (target, events/s, freshness target in s or None for a point of the curve) of the live
+# runs, each over every size; FRESH_SECONDS of load each.
+LIVE = (
+    ("atlas-rest", 1000.0, 2.0),
+    ("atlas-rest", 2000.0, None),
+    ("atlas-hook", 200.0, 5.0),
+    ("atlas-hook", 1000.0, None),
+)
+FRESH_SECONDS = 30.0
 _SCHEMA = data_schema([FieldSpec(name="x", type="double"), FieldSpec(name="y", type="double")])
 _OUT = data_schema([FieldSpec(name="score", type="double")])
 
@@ -188,7 +197,89 @@ def run() -> Iterator[Figure]:
                 target="ratio >= 0.5 (within 2x of REST)",
                 extra={"entities": len(hooked), "messages": sent.requests},
             )
+        for target, rate, limit in LIVE:
+            for deployments in SIZES:
+                hook_topic = service.hook_topic
+                figure = _freshness(client, bootstrap, hook_topic, target, deployments, rate)
+                figure.target = None if limit is None else f"<= {limit:g} s at {rate:g} events/s"
+                yield figure
         client.close()
     finally:
         service.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _freshness(
+    client: Any, bootstrap: str, hook_topic: str, target: str, deployments: int, rate: float
+) -> Figure:
+    from atlas_sink.core import naming
+    from atlas_sink.kafka.consumer import SinkConsumer
+    from atlas_sink.runtime.config import load_config
+    from atlas_sink.service import wiring
+    from bench import atlas_freshness
+    from local_services import harness
+    from local_services.atlas import PASSWORD, USER
+
+    suffix = uuid.uuid4().hex[:8]
+    topic, cluster = f"bench-fresh-{suffix}", f"fresh{deployments}-{suffix}"
+    harness.create_topics(bootstrap, [topic, f"{topic}.dlq"])
+    config = load_config(
+        {},
+        overrides={
+            "kafka_bootstrap_servers": bootstrap,
+            "topics": [topic],
+            "dlq_topic": f"{topic}.dlq",
+            "group_id": f"bench-fresh-{suffix}",
+            "target": target,
+            "atlas_url": client.base_url,
+            "atlas_user": USER,
+            "atlas_password": PASSWORD,
+            "atlas_hook_topic": hook_topic,
+        },
+    )
+    probe = naming.deployment("fresh", atlas_freshness.PROBE, cluster)
+
+    def run_sink(stop: Any) -> None:
+        sink_target = wiring.build_target(config)
+        sink_target.ensure_types()
+        try:
+            SinkConsumer(config, wiring.pipeline_factory(config, sink_target), stop=stop).run()
+        finally:
+            sink_target.close()
+
+    def probe_window_end() -> int | None:
+        found = client.attributes_of([_deployment_ref(probe)], ["latestWindow"])
+        window = (found.get(_deployment_ref(probe)) or {}).get("latestWindow")
+        return None if not window else int(window["attributes"]["end"])
+
+    run = atlas_freshness.measure(
+        bootstrap=bootstrap,
+        topic=topic,
+        cluster=cluster,
+        deployments=deployments,
+        rate=rate,
+        seconds=FRESH_SECONDS,
+        run_sink=run_sink,
+        probe_window_end=probe_window_end,
+    )
+    return Figure(
+        f"atlas_{target.removeprefix('atlas-')}_freshness_p99_{deployments}_at_{rate:g}",
+        run.p(0.99),
+        "s",
+        extra={
+            "p50": round(run.p(0.5), 3),
+            "max": round(max(run.ages), 3),
+            "probes": len(run.ages),
+            "events_per_s_sent": round(run.sent / run.seconds, 1),
+            "deployments": deployments,
+            "batch_max_messages": config.batch_max_messages,
+            "batch_max_wait_seconds": config.batch_max_wait_seconds,
+        },
+    )
+
+
+def _deployment_ref(qualified_name: str) -> Any:
+    from atlas_sink.core.entities import Ref
+    from atlas_sink.core.translate import DEPLOYMENT
+
+    return Ref(DEPLOYMENT, qualified_name)

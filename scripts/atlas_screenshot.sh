@@ -209,6 +209,8 @@ try {
   console.error(`lineage nodes: ${labels.join(" | ")}`);
 
   // The deployment's Properties tab: one table row per attribute Atlas holds.
+  // Tall enough for every attribute: the UI scrolls inside its own panel, not the page.
+  await page.setViewportSize({ width: 1600, height: 2100 });
   await page.goto(`${atlas}/index.html#!/detailPage/${deploymentGuid}?tabActive=properties`);
   await page.waitForFunction(
     () => /serverKind/.test(document.querySelector("#tab-details")?.textContent || ""),

@@ -32,7 +32,7 @@ def test_defaults() -> None:
     config = load_config({})
     assert config.topics == ("servemeta.model-events",)
     assert config.dlq_topic == "servemeta.model-events.dlq"
-    assert (config.batch_max_messages, config.batch_max_wait_seconds) == (500, 1.0)
+    assert (config.batch_max_messages, config.batch_max_wait_seconds) == (5000, 0.5)
     assert config.target == "local"
     assert config.catalog_path == Path("servemeta-catalog.sqlite")
     assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9464)
