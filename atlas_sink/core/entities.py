@@ -191,7 +191,7 @@ class EntityState:
             (v for v in records if v != current),
             key=lambda v: (max(records[v].at, records[v].loaded_at), v),
         )
-        kept = [*others[-(MAX_SERVED_VERSIONS - 1) :]]
+        kept = others[-(MAX_SERVED_VERSIONS - 1) :]
         if current is not None:
             kept.append(current)
         return sorted(kept)
