@@ -21,7 +21,14 @@ from typing import Any
 from fastavro import parse_schema, schemaless_writer
 
 from capture.contract import Contract, current
-from capture.events import AVRO_NAMESPACE, Payload, ScoringStats, plain
+from capture.events import (
+    AVRO_NAMESPACE,
+    FeatureSketch,
+    LogSketch,
+    Payload,
+    ScoringStats,
+    plain,
+)
 
 _MAX_CACHED_MODELS = 1024
 
@@ -80,10 +87,24 @@ def _optional_double(value: float | None) -> bytes:
     return b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value)
 
 
+def _log_sketch(sketch: LogSketch) -> tuple[bytes, ...]:
+    return (
+        _DOUBLE.pack(sketch.relative_accuracy),
+        zigzag_long(sketch.zero_count),
+        zigzag_long(sketch.first_index),
+        _longs(sketch.counts),
+    )
+
+
+def _distribution(sketch: FeatureSketch | None) -> tuple[bytes, ...]:
+    if sketch is None:
+        return (b"\x00",)
+    return (b"\x02", *_log_sketch(sketch.positive), *_log_sketch(sketch.negative))
+
+
 def encode_scoring_stats(stats: ScoringStats) -> bytes:
     """The ScoringStats record, field by field in schema order."""
     latency = stats.latency
-    sketch = latency.sketch
     parts = [
         zigzag_long(micros(stats.window_start)),
         zigzag_long(micros(stats.window_end)),
@@ -99,10 +120,7 @@ def encode_scoring_stats(stats: ScoringStats) -> bytes:
         _SIX_DOUBLES.pack(
             latency.min, latency.max, latency.mean, latency.p50, latency.p95, latency.p99
         ),
-        _DOUBLE.pack(sketch.relative_accuracy),
-        zigzag_long(sketch.zero_count),
-        zigzag_long(sketch.first_index),
-        _longs(sketch.counts),
+        *_log_sketch(latency.sketch),
     )
     if stats.features:
         parts.append(zigzag_long(len(stats.features)))
@@ -114,6 +132,7 @@ def encode_scoring_stats(stats: ScoringStats) -> bytes:
                 _optional_double(feature.min),
                 _optional_double(feature.max),
                 _optional_double(feature.mean),
+                *_distribution(feature.distribution),
             )
     parts.append(_END)
     return b"".join(parts)

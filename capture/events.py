@@ -171,6 +171,7 @@ class ModelLoaded(_Checked):
     tags: list[str] = field(default_factory=list)
     classifications: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    training_profile: list[FeatureSummary] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,6 +219,14 @@ class LatencySummary(_Checked):
 
 
 @dataclass(slots=True, kw_only=True)
+class FeatureSketch(_Checked):
+    """Values above zero in ``positive``, magnitudes of values below zero in ``negative``."""
+
+    positive: LogSketch
+    negative: LogSketch
+
+
+@dataclass(slots=True, kw_only=True)
 class FeatureSummary(_Checked):
     name: str
     count: int
@@ -225,6 +234,7 @@ class FeatureSummary(_Checked):
     min: float | None = None
     max: float | None = None
     mean: float | None = None
+    distribution: FeatureSketch | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -6,30 +6,57 @@ buffer every tick into exact count/sum/min/max and a mergeable log-bucketed sket
 closes the window into a ``ScoringStats`` payload. Draining uses slice copy then slice delete,
 each atomic, and appends only ever add at the end, so nothing recorded between the two is
 lost. This relies on the GIL; free-threaded builds would need a lock here.
+
+Input features (``record_features``, off the hot path) are summarised per feature, each with a
+signed sketch of its values: what the sink compares with the model's training profile
+(``capture.profile``) by ``population_stability_index``.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
+from typing import SupportsFloat
 
-from capture.events import FeatureSummary, LatencySummary, LogSketch, ScoringStats
+from capture.events import FeatureSketch, FeatureSummary, LatencySummary, LogSketch, ScoringStats
 
 DEFAULT_RELATIVE_ACCURACY = 0.01
+# Features are coarser than latencies: at 5% a bucket spans a factor of 1.105, so every double
+# from 1e-9 up to the largest takes at most 7,300 buckets, and no feature, however many decades
+# it spans, can pass the 10,000 buckets per sketch that the sink accepts.
+DEFAULT_FEATURE_RELATIVE_ACCURACY = 0.05
+# Finer accuracies describe too narrow a range to be of use within 10,000 buckets (a factor of
+# 1.02 at 1e-6), and far finer ones would make gamma round to 1 in a double.
+MIN_RELATIVE_ACCURACY = 1e-6
 # Error kinds per window, and characters per kind, beyond which kinds are folded or cut.
 MAX_ERROR_KINDS = 100
 MAX_ERROR_KIND_CHARS = 200
 OTHER_ERROR_KIND = "other"
-# Values at or below this many seconds count as zero: below clock resolution anyway.
-_ZERO_THRESHOLD = 1e-9
+# Values at or below this many seconds count as zero: below clock resolution anyway. Feature
+# values of magnitude at most this count as zero too (the contract's FeatureSketch says so).
+ZERO_THRESHOLD = 1e-9
+# An empty bin would make the population stability index infinite; each side's share of a bin
+# is floored at one in ten thousand, which caps one bin's term at about 9.2 (a whole side in a
+# bin the other never saw) and leaves bins that both sides fill untouched.
+PSI_FLOOR = 1e-4
 # Longer latencies are rejected as garbage (a timestamp passed for a duration, say): one such
 # value would stretch the window's sketch past the 10,000 buckets the sink accepts, and the
 # sink would refuse the whole window.
 MAX_LATENCY_SECONDS = 1e6
+
+
+def _check_accuracy(relative_accuracy: float) -> None:
+    if not MIN_RELATIVE_ACCURACY <= relative_accuracy < 1.0:
+        raise ValueError(
+            f"relative_accuracy must be in [{MIN_RELATIVE_ACCURACY}, 1), got "
+            f"{relative_accuracy}: pass e.g. {DEFAULT_RELATIVE_ACCURACY}"
+        )
 
 
 class Sketch:
@@ -40,8 +67,7 @@ class Sketch:
     """
 
     def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
-        if not 0.0 < relative_accuracy < 1.0:
-            raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy}")
+        _check_accuracy(relative_accuracy)
         self.relative_accuracy = relative_accuracy
         self.gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
         self._inv_log_gamma = 1.0 / math.log(self.gamma)
@@ -55,7 +81,7 @@ class Sketch:
         log = math.log
         ceil = math.ceil
         for value in values:
-            if value <= _ZERO_THRESHOLD:
+            if value <= ZERO_THRESHOLD:
                 self.zero_count += 1
             else:
                 index = ceil(log(value) * inv)
@@ -78,16 +104,49 @@ class Sketch:
             raise ValueError(f"quantile must be in [0, 1], got {q}")
         if self.count == 0:
             return math.nan
-        rank = q * (self.count - 1)
+        return self.value_at_rank(int(q * (self.count - 1)))
+
+    def value_at_rank(self, rank: int) -> float:
+        """The ``rank``-th smallest value (0 the smallest), within the relative accuracy; the
+        sketch must hold more than ``rank`` values."""
         seen = self.zero_count
         if rank < seen:
             return 0.0
         for index in sorted(self.buckets):
             seen += self.buckets[index]
             if seen > rank:
-                # The bucket's midpoint in relative terms keeps the error within alpha.
-                return 2.0 * self.gamma**index / (self.gamma + 1.0)
-        return 2.0 * self.gamma ** max(self.buckets) / (self.gamma + 1.0)
+                return self._value(index)
+        return self._value(max(self.buckets))
+
+    def _value(self, index: int) -> float:
+        # The bucket's midpoint in relative terms keeps the error within alpha.
+        try:
+            return 2.0 * self.gamma**index / (self.gamma + 1.0)
+        except OverflowError:  # the top bucket of the doubles, whose midpoint is beyond them
+            return math.inf
+
+    def count_at_or_below(self, x: float) -> float:
+        """How many values are at or below ``x``, those of the bucket holding ``x`` taken as
+        spread evenly over the bucket's logarithmic width (so the count grows continuously
+        with ``x``, and two sketches of any accuracies compare at any point)."""
+        if x < 0.0:
+            return 0.0
+        seen = float(self.zero_count)
+        if x == 0.0:
+            return seen
+        # Bucket i spans (gamma^(i-1), gamma^i]: x is position + 1 - i of the way through it.
+        position = math.log(x) * self._inv_log_gamma + 1.0
+        for index, count in self.buckets.items():
+            seen += count * min(1.0, max(0.0, position - index))
+        return seen
+
+    def index_range(self) -> tuple[int, int]:
+        """The lowest and highest bucket index a finite value above the zero threshold falls
+        in, computed as ``add_many`` computes indexes (so its indexes never fall outside)."""
+        inv = self._inv_log_gamma
+        return math.ceil(math.log(ZERO_THRESHOLD) * inv), math.ceil(
+            math.log(sys.float_info.max) * inv
+        )
 
     def to_event(self) -> LogSketch:
         if not self.buckets:
@@ -105,22 +164,138 @@ class Sketch:
 
     @classmethod
     def from_event(cls, event: LogSketch) -> Sketch:
-        sketch = cls(event.relative_accuracy)
-        sketch.buckets = {
-            event.first_index + k: count for k, count in enumerate(event.counts) if count
-        }
-        sketch.zero_count = event.zero_count
-        sketch.count = event.zero_count + sum(event.counts)
+        return cls.from_counts(
+            event.relative_accuracy, event.zero_count, event.first_index, event.counts
+        )
+
+    @classmethod
+    def from_counts(
+        cls, relative_accuracy: float, zero_count: int, first_index: int, counts: Sequence[int]
+    ) -> Sketch:
+        """The sketch of dense bucket counts, ``counts[k]`` for index ``first_index + k``."""
+        sketch = cls(relative_accuracy)
+        sketch.buckets = {first_index + k: count for k, count in enumerate(counts) if count}
+        sketch.zero_count = zero_count
+        sketch.count = zero_count + sum(counts)
         return sketch
+
+
+class SignedSketch:
+    """A numeric feature's mergeable distribution over the whole real line (the contract's
+    ``FeatureSketch``): values above zero in one ``Sketch``, the magnitudes of values below
+    zero in another, values of magnitude at most ``ZERO_THRESHOLD`` in the first's zero count.
+    Quantiles keep the relative accuracy of the two sketches.
+    """
+
+    __slots__ = ("negative", "positive")
+
+    def __init__(self, relative_accuracy: float = DEFAULT_FEATURE_RELATIVE_ACCURACY) -> None:
+        self.positive = Sketch(relative_accuracy)
+        self.negative = Sketch(relative_accuracy)
+
+    @property
+    def count(self) -> int:
+        return self.positive.count + self.negative.count
+
+    def add(self, value: float) -> None:
+        """One finite value."""
+        if value < -ZERO_THRESHOLD:
+            self.negative.add_many((-value,))
+        else:
+            self.positive.add_many((value,))
+
+    def merge(self, other: SignedSketch) -> None:
+        self.positive.merge(other.positive)
+        self.negative.merge(other.negative)
+
+    def quantile(self, q: float) -> float:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
+        if self.count == 0:
+            return math.nan
+        rank = int(q * (self.count - 1))
+        below = self.negative.count
+        if rank < below:
+            # Negative values in increasing order are their magnitudes in decreasing order.
+            return -self.negative.value_at_rank(below - 1 - rank)
+        return self.positive.value_at_rank(rank - below)
+
+    def fraction_at_or_below(self, x: float) -> float:
+        """The share of the values at or below ``x`` (the distribution function at ``x``), as
+        ``Sketch.count_at_or_below`` counts within a bucket; NaN when the sketch is empty."""
+        total = self.count
+        if total == 0:
+            return math.nan
+        if x >= 0.0:
+            below = self.negative.count + self.positive.count_at_or_below(x)
+        else:
+            below = self.negative.count - self.negative.count_at_or_below(-x)
+        return below / total
+
+    def to_event(self) -> FeatureSketch:
+        return FeatureSketch(positive=self.positive.to_event(), negative=self.negative.to_event())
+
+    @classmethod
+    def from_event(cls, event: FeatureSketch) -> SignedSketch:
+        """The sketch an event carries; a producer's zeros in ``negative.zero_count`` count as
+        zeros too."""
+        sketch = cls(event.positive.relative_accuracy)
+        sketch.positive = Sketch.from_event(event.positive)
+        sketch.negative = Sketch.from_event(event.negative)
+        return sketch
+
+
+def population_stability_index(
+    training: FeatureSketch, serving: FeatureSketch, bins: int = 10
+) -> float | None:
+    """How far the serving distribution has moved from the training one: the sum over bins of
+    (s - t) * ln(s / t), t and s each side's share of the bin. None when either side is empty.
+
+    Bins are cut at the training distribution's quantiles (deciles by default; cuts that fall
+    together are one), so each holds about an equal share of the training values; each side's
+    share of a bin comes from its own sketch, so the two may have different accuracies. A
+    share is floored at ``PSI_FLOOR``. The usual reading: below 0.1 stable, from 0.25 drifted.
+    """
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
+    expected = SignedSketch.from_event(training)
+    actual = SignedSketch.from_event(serving)
+    if expected.count == 0 or actual.count == 0:
+        return None
+    cuts = sorted({expected.quantile(k / bins) for k in range(1, bins)})
+
+    def shares(sketch: SignedSketch) -> list[float]:
+        cumulative = [0.0, *(sketch.fraction_at_or_below(cut) for cut in cuts), 1.0]
+        return [max(high - low, PSI_FLOOR) for low, high in pairwise(cumulative)]
+
+    return math.fsum(
+        (s - t) * math.log(s / t) for t, s in zip(shares(expected), shares(actual), strict=True)
+    )
 
 
 @dataclass(slots=True)
 class _FeatureAggregate:
+    sketch: SignedSketch
     count: int = 0
     null_count: int = 0
     total: float = 0.0
     low: float = math.inf
     high: float = -math.inf
+
+    def add(self, value: SupportsFloat | None) -> None:
+        self.count += 1
+        # Once per feature of every scored request: floats, the usual case, skip the call (and
+        # the builtins below, min and max, cost more than comparisons).
+        number = value if type(value) is float else None if value is None else _as_float(value)
+        if number is None or not -math.inf < number < math.inf:  # NaN compares false
+            self.null_count += 1
+            return
+        self.total += number
+        if number < self.low:
+            self.low = number
+        if number > self.high:
+            self.high = number
+        self.sketch.add(number)
 
     def summary(self, name: str) -> FeatureSummary:
         numeric = self.count - self.null_count
@@ -131,7 +306,36 @@ class _FeatureAggregate:
             min=self.low if numeric else None,
             max=self.high if numeric else None,
             mean=self.total / numeric if numeric else None,
+            distribution=self.sketch.to_event() if numeric else None,
         )
+
+
+class FeatureAggregates:
+    """Per-feature count, nulls, extremes, mean and signed sketch: what a scoring window's
+    ``features`` and a training profile (``capture.profile``) are both made of.
+
+    ``add`` takes a number or None; what else to refuse is the caller's choice. None, NaN,
+    the infinities and an int beyond a double count as nulls.
+    """
+
+    __slots__ = ("_by_name", "relative_accuracy")
+
+    def __init__(self, relative_accuracy: float = DEFAULT_FEATURE_RELATIVE_ACCURACY) -> None:
+        _check_accuracy(relative_accuracy)
+        self.relative_accuracy = relative_accuracy
+        self._by_name: dict[str, _FeatureAggregate] = {}
+
+    def add(self, name: str, value: SupportsFloat | None) -> None:
+        aggregate = self._by_name.get(name)
+        if aggregate is None:
+            aggregate = self._by_name[name] = _FeatureAggregate(
+                SignedSketch(self.relative_accuracy)
+            )
+        aggregate.add(value)
+
+    def summaries(self) -> list[FeatureSummary]:
+        """One summary per feature seen, by name."""
+        return [agg.summary(name) for name, agg in sorted(self._by_name.items())]
 
 
 class ScoringRecorder:
@@ -165,7 +369,7 @@ class ScoringRecorder:
         self._max = -math.inf
         self._errors: dict[str, int] = {}
         self._sketch = Sketch(self._relative_accuracy)
-        self._features: dict[str, _FeatureAggregate] = {}
+        self._features = FeatureAggregates()
 
     def record(self, latency_seconds: float, error: str | BaseException | None = None) -> None:
         """One scored request. Never raises, never blocks, no I/O."""
@@ -187,7 +391,8 @@ class ScoringRecorder:
             self.overflowed += 1
 
     def record_features(self, values: Mapping[str, float | None]) -> None:
-        """Per-feature summaries of the scored inputs (off the latency hot path: takes a lock).
+        """Per-feature summaries of the scored inputs, each finite value also in the feature's
+        signed sketch (off the latency hot path: takes a lock).
 
         None and non-finite values count as missing; anything that is not a number is
         rejected rather than raised, like a bad latency.
@@ -203,18 +408,7 @@ class ScoringRecorder:
                 if not isinstance(name, str) or (value is not None and not _is_number(value)):
                     self.rejected += 1
                     continue
-                agg = self._features.get(name)
-                if agg is None:
-                    agg = self._features[name] = _FeatureAggregate()
-                agg.count += 1
-                if value is not None:
-                    value = _as_float(value)  # None for an int beyond a double
-                if value is None or not math.isfinite(value):
-                    agg.null_count += 1
-                    continue
-                agg.total += value
-                agg.low = min(agg.low, value)
-                agg.high = max(agg.high, value)
+                self._features.add(name, value)
 
     def drain(self) -> None:
         """Fold pending samples into the window's aggregates (background thread)."""
@@ -284,7 +478,7 @@ class ScoringRecorder:
                 p99=sketch.quantile(0.99) if timed else 0.0,
                 sketch=sketch.to_event(),
             ),
-            features=[agg.summary(name) for name, agg in sorted(features.items())],
+            features=features.summaries(),
         )
 
 
@@ -298,7 +492,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _as_float(value: float) -> float | None:
+def _as_float(value: SupportsFloat) -> float | None:
     """The number as a float; None when it has none (an int beyond a double's range)."""
     try:
         return float(value)

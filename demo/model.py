@@ -2,9 +2,10 @@
 
 Everything the catalog should learn about a version comes from here, from the real objects:
 the training data written as a CSV (with its schema), the hyper-parameters, train and test
-metrics, the saved artifact (hash, size, permissions) and the input and output schemas. The
-same seed gives the same split, the same forest and the same run id, so two runs of the demo
-describe the same model.
+metrics, the profile of the training split (per feature: counts, extremes, mean and a sketch
+of its distribution, which the sink compares the served inputs with), the saved artifact
+(hash, size, permissions) and the input and output schemas. The same seed gives the same
+split, the same forest and the same run id, so two runs of the demo describe the same model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from capture.dataschema import data_schema
 from capture.events import (
     DataSchema,
     DataSource,
+    FeatureSummary,
     FieldSpec,
     Metric,
     ModelLoaded,
@@ -38,6 +40,7 @@ from capture.events import (
     Runtime,
     Training,
 )
+from capture.profile import profile_features
 
 ALGORITHM = "RandomForestClassifier"
 TASK = "classification"
@@ -84,6 +87,7 @@ class TrainedModel:
     feature_names: tuple[str, ...]
     run_id: str
     seed: int
+    training_profile: list[FeatureSummary]
 
     def score(self, rows: npt.NDArray[np.float64]) -> list[tuple[int, float]]:
         """(predicted cultivar, its probability) per row, columns in ``feature_names`` order."""
@@ -136,6 +140,10 @@ def train(version: str, params: Mapping[str, Any], *, seed: int, data: WineData)
         feature_names=data.feature_names,
         run_id=run_id_of(version, params, seed, data),
         seed=seed,
+        # What the forest learnt from: the training split, not the held-out test rows.
+        training_profile=profile_features(
+            {name: x_train[:, i] for i, name in enumerate(data.feature_names)}
+        ),
     )
 
 
@@ -325,4 +333,5 @@ def model_loaded(
         classifications=["Confidential"],
         replaces_version=replaces_version,
         properties={"demo.seed": str(model.seed), "demo.model_version": model.version},
+        training_profile=model.training_profile,
     )

@@ -45,8 +45,17 @@ from capture.artifacts import (
     read_onnx,
     read_pmml,
 )
-from capture.events import FieldSpec, Metric, ModelEvent, ModelType, Runtime, to_avro
+from capture.events import (
+    FeatureSummary,
+    FieldSpec,
+    Metric,
+    ModelEvent,
+    ModelType,
+    Runtime,
+    to_avro,
+)
 from capture.framing import encode_body
+from capture.profile import profile_features
 from tests.conftest import envelope
 
 WINE = load_wine(as_frame=True)
@@ -294,6 +303,7 @@ def pmml_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pmml_tree_from_nyoka(pmml_tree: Path) -> None:
     facts = read_pmml(pmml_tree)
+    assert facts.training_profile == []  # nyoka writes no ModelStats
     assert facts.model_type == ModelType(
         framework="Nyoka",
         framework_version=nyoka.__version__,
@@ -364,6 +374,19 @@ HAND_WRITTEN = """<?xml version="1.0" encoding="UTF-8"?>
       <OutputField name="label" feature="predictedValue"/>
       <OutputField name="premium" feature="predictedValue"/>
     </Output>
+    <ModelStats>
+      <UnivariateStats field="alcohol">
+        <Counts totalFreq="178" missingFreq="2" invalidFreq="0"/>
+        <NumericInfo minimum="11.03" maximum="14.83" mean="13.0" standardDeviation="0.81"/>
+      </UnivariateStats>
+      <UnivariateStats field="alcohol"><Counts totalFreq="1"/></UnivariateStats>
+      <UnivariateStats field="harvest" weighted="1"><Counts totalFreq="177.6"/></UnivariateStats>
+      <UnivariateStats field="alcohol_x10">
+        <Counts totalFreq="178"/><NumericInfo minimum="110.3" mean="INF"/>
+      </UnivariateStats>
+      <UnivariateStats field="region"><Counts totalFreq="178"/></UnivariateStats>
+      <UnivariateStats field="premium"><Counts totalFreq="178"/></UnivariateStats>
+    </ModelStats>
     <Segmentation multipleModelMethod="majorityVote"/>
   </MiningModel>
   <RegressionModel modelName="linear" functionName="regression" isScorable="false">
@@ -406,6 +429,13 @@ def test_pmml_any_namespace(tmp_path: Path, xmlns: str, version: str) -> None:
     ]
     assert facts.properties["pmml.version"] == version
     assert facts.properties["pmml.header.timestamp"] == "2026-11-28"
+    # ModelStats of the active inputs with Counts (the first of a field's): no sketch in PMML.
+    assert facts.training_profile == [
+        FeatureSummary(name="alcohol", count=178, null_count=2, min=11.03, max=14.83, mean=13.0),
+        FeatureSummary(name="alcohol_x10", count=178, min=110.3),  # an INF mean says nothing
+        FeatureSummary(name="harvest", count=178),  # weighted: 177.6, rounded
+    ]
+    assert facts.model_loaded(runtime=RUNTIME).training_profile == facts.training_profile
 
     second = read_pmml(path, model_name="linear")
     assert second.model_type.algorithm == "RegressionModel"
@@ -441,6 +471,21 @@ def test_pmml_errors(tmp_path: Path, pmml_tree: Path) -> None:
     )
     with pytest.raises(ArtifactError, match=r"MiningField 'acidity' is declared neither"):
         read_pmml(undeclared)
+
+    for counts, message in (
+        ('totalFreq="5" missingFreq="9"', r"missingFreq 9 > totalFreq 5; expected the total to"),
+        ('missingFreq="1"', r"UnivariateStats 'alcohol' <Counts> has no 'totalFreq'; PMML requ"),
+        ('totalFreq="many"', r"<Counts> has totalFreq='many'; expected a number"),
+        ('totalFreq="-1"', r"<Counts> has totalFreq=-1.0; expected a count, at least 0"),
+    ):
+        broken = tmp_path / "stats.pmml"
+        broken.write_text(
+            HAND_WRITTEN.format(xmlns="", version="4.4").replace(
+                'totalFreq="178" missingFreq="2" invalidFreq="0"', counts
+            )
+        )
+        with pytest.raises(ArtifactError, match=message):
+            read_pmml(broken)
 
 
 # --- ONNX ---------------------------------------------------------------------------------
@@ -649,6 +694,12 @@ def test_model_loaded_overrides_merge_properties(mlflow_dir: Path) -> None:
     assert loaded.properties["mlflow.model_uuid"] == facts.properties["mlflow.model_uuid"]
     assert loaded.input_schema == facts.input_schema and loaded.runtime == RUNTIME
     assert from_mlflow(mlflow_dir, runtime=RUNTIME).artifact == facts.artifact
+    # An MLflow model directory keeps no statistics of its training data: the trainer's pass.
+    assert facts.training_profile == []
+    profile = profile_features({"alcohol": X["alcohol"]})
+    assert from_mlflow(mlflow_dir, runtime=RUNTIME, training_profile=profile).training_profile == (
+        profile
+    )
 
     with pytest.raises(TypeError, match=r"unexpected ModelLoaded override\(s\) \['ownr'\]"):
         facts.model_loaded(runtime=RUNTIME, ownr="x")  # type: ignore[call-arg]
@@ -658,7 +709,12 @@ def test_model_loaded_overrides_merge_properties(mlflow_dir: Path) -> None:
 def test_events_fit_the_avro_contract(request: pytest.FixtureRequest, source: str) -> None:
     path: Path = request.getfixturevalue(source)
     readers = {"mlflow_dir": read_mlflow, "pmml_tree": read_pmml, "onnx_file": read_onnx}
-    loaded = readers[source](path).model_loaded(runtime=RUNTIME, tags=["wine"])
+    # What none of these artifacts keeps, the trainer passes: its training data's profile.
+    profile = profile_features({name: X[name] for name in FEATURES})
+    loaded = readers[source](path).model_loaded(
+        runtime=RUNTIME, tags=["wine"], training_profile=profile
+    )
+    assert loaded.training_profile == profile
     event = ModelEvent(envelope=envelope(), payload=loaded)
     parsed = contract.current().parsed
     record = to_avro(event)
@@ -666,6 +722,9 @@ def test_events_fit_the_avro_contract(request: pytest.FixtureRequest, source: st
     assert isinstance(decoded, dict)
     assert decoded["payload"]["artifact"]["content_hash"] == loaded.artifact.content_hash
     assert len(decoded["payload"]["input_schema"]["fields"]) == len(loaded.input_schema.fields)
+    decoded_profile = decoded["payload"]["training_profile"]
+    assert [f["name"] for f in decoded_profile] == sorted(FEATURES)
+    assert decoded_profile == [dataclasses.asdict(f) for f in profile]
 
 
 def test_from_pmml_builds_the_event(pmml_tree: Path) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import json
+import math
 import operator
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from capture.framing import (
     parse_frame,
     single_object_framer,
 )
+from capture.stats import DEFAULT_FEATURE_RELATIVE_ACCURACY, SignedSketch, Sketch
 
 _PRIMITIVES = {"string": str, "long": int, "int": int, "double": float, "boolean": bool}
 
@@ -74,8 +78,6 @@ def _same_hint(actual: Any, expected: Any) -> bool:
 
 
 def _schema_json() -> dict[str, Any]:
-    import json
-
     return typing.cast(dict[str, Any], json.loads(contract.current().text))
 
 
@@ -162,6 +164,48 @@ def test_single_object_frame_round_trip(sample_events: list[events.ModelEvent]) 
         assert name == type(event.payload).AVRO_NAME
         assert payload == events.to_avro(event)["payload"][1]
         assert decoded["envelope"]["model"]["name"] == event.envelope.model.name
+
+
+def _readme_recipe(values: list[float], a: float) -> dict[str, dict[str, Any]]:
+    """schemas/README.md's recipe for a FeatureSketch, followed to the letter."""
+    inv = 1 / math.log((1 + a) / (1 - a))
+    zero_count = 0
+    buckets: dict[str, dict[int, int]] = {"positive": {}, "negative": {}}
+    for v in values:
+        if abs(v) <= 1e-9:
+            zero_count += 1
+        else:
+            side = buckets["positive" if v > 0 else "negative"]
+            i = math.ceil(math.log(abs(v)) * inv)
+            side[i] = side.get(i, 0) + 1
+    sketch = {}
+    for name, side in buckets.items():
+        first = min(side, default=0)
+        sketch[name] = {
+            "relative_accuracy": a,
+            "zero_count": zero_count if name == "positive" else 0,
+            "first_index": first,
+            "counts": [side.get(i, 0) for i in range(first, max(side, default=-1) + 1)],
+        }
+    return sketch
+
+
+def test_the_readme_s_feature_sketch_recipe_and_example_give_the_emitter_s_sketch() -> None:
+    """schemas/README.md is what a producer in another language follows (contract v3)."""
+    text = (contract.SCHEMA_DIR / "README.md").read_text(encoding="utf-8")
+    example = re.search(
+        r"For a = (0\.\d+) and the values ([-\d., e]+) the sketch is\s+`(\{.*?\}\})`", text, re.S
+    )
+    assert example is not None
+    accuracy = float(example.group(1))
+    values = [float(v) for v in example.group(2).split(", ")]
+    written = json.loads(" ".join(example.group(3).split()))
+    sketch = SignedSketch(accuracy)
+    for value in values:
+        sketch.add(value)
+    assert written == dataclasses.asdict(sketch.to_event()) == _readme_recipe(values, accuracy)
+    assert "buckets -207 .. 7,092" in text
+    assert Sketch(DEFAULT_FEATURE_RELATIVE_ACCURACY).index_range() == (-207, 7092)
 
 
 def test_fingerprint_matches_avro_spec_vector() -> None:

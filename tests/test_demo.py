@@ -10,6 +10,7 @@ import argparse
 import io
 import itertools
 import json
+import math
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from atlas_sink.targets.local import LocalCatalog
 from capture.artifacts import content_digest
 from capture.dataschema import compatibility
 from capture.events import Compatibility, Runtime
+from capture.profile import profile_features
+from capture.stats import population_stability_index
 from demo import model as wine
 from demo.run import (
     DemoOptions,
@@ -212,6 +215,36 @@ def test_model_loaded_describes_the_saved_artifact(
     assert loaded.outputs == ["kafka://wine-scores"]
     assert loaded.classifications == ["Confidential"]
     assert loaded.replaces_version is None
+    assert loaded.training_profile == v1.training_profile
+
+
+def test_the_training_profile_describes_the_training_split(
+    data: wine.WineData, v1: wine.TrainedModel, profile: FeatureProfile
+) -> None:
+    trained_on = len(data.target) - math.ceil(wine.TEST_FRACTION * len(data.target))
+    assert [f.name for f in v1.training_profile] == sorted(data.feature_names)
+    for feature in v1.training_profile:
+        column = data.feature_names.index(feature.name)
+        assert (feature.count, feature.null_count) == (trained_on, 0)
+        assert feature.min is not None and feature.max is not None
+        assert profile.lows[column] <= feature.min <= feature.max <= profile.highs[column]
+        assert feature.distribution is not None
+        assert sum(feature.distribution.positive.counts) == trained_on  # all positive
+    again = wine.train("1", wine.V1_PARAMS, seed=42, data=data)
+    assert again.training_profile == v1.training_profile
+    # The requests the demo sends are drawn from the same data: most features stay stable
+    # (not all: rows are drawn from normal distributions, and some features are skewed).
+    rows = [row for _, row in _rows(RequestFactory(profile), 2000)]
+    served = {f.name: f.distribution for f in profile_features(rows)}
+    stable = []
+    for feature in v1.training_profile:
+        serving = served[feature.name]
+        assert feature.distribution is not None and serving is not None
+        psi = population_stability_index(feature.distribution, serving)
+        assert psi is not None
+        if psi < 0.1:
+            stable.append(feature.name)
+    assert len(stable) >= 10, stable
 
 
 def test_the_output_change_of_version_2_is_forward_compatible() -> None:

@@ -45,6 +45,7 @@ from capture.events import (
     Artifact,
     DataSchema,
     Deployment,
+    FeatureSketch,
     FieldSpec,
     Metric,
     ModelEvent,
@@ -53,20 +54,26 @@ from capture.events import (
     ModelType,
     Runtime,
     SchemaChanged,
+    ScoringStats,
     Training,
     plain,
+    to_avro,
 )
-from capture.framing import single_object_header
+from capture.framing import single_object_framer, single_object_header
 from capture.stats import (
     MAX_ERROR_KINDS,
     MAX_LATENCY_SECONDS,
     OTHER_ERROR_KIND,
     ScoringRecorder,
+    SignedSketch,
+    Sketch,
+    population_stability_index,
 )
 from capture.typecheck import EventValueError
 from local_services import harness
 from tests import hostile, services
 from tests.conftest import INPUT, OUTPUT, model_loaded
+from tests.conftest import envelope as conftest_envelope
 from tests.services import catalog_dump
 
 SEED = 20261128
@@ -195,6 +202,80 @@ def test_the_decoder_fuzzed_raises_only_decode_errors_and_stores_nothing_malform
     }
     assert {qn: p for qn, p in problems.items() if p} == {}
     print(f"fuzz: 20,000 frames decoded in {decode_seconds:.2f} s; {dict(reasons)}")
+
+
+def _v3_frames(rng: random.Random, now: datetime) -> list[bytes]:
+    """Windows with feature distributions of both signs, and loads with training profiles."""
+    frame, frames = single_object_framer(), []
+    for sequence in range(1, 41):
+        recorder = ScoringRecorder(60, now=now - timedelta(minutes=10))
+        for _ in range(rng.randint(1, 200)):
+            recorder.record(rng.expovariate(100))
+            recorder.record_features(
+                {"a": rng.gauss(0, 10 ** rng.randint(-3, 6)), "b": rng.choice([None, 0.0, 2.5])}
+            )
+        stats = recorder.close_window(now - timedelta(minutes=9))
+        assert stats is not None
+        loaded = dataclasses.replace(model_loaded(), training_profile=stats.features)
+        payload = stats if sequence % 2 else loaded
+        env = dataclasses.replace(
+            conftest_envelope(sequence), event_time=now - timedelta(minutes=8)
+        )
+        frames.append(frame(to_avro(ModelEvent(envelope=env, payload=payload))))
+    return frames
+
+
+def _use_every_sketch(event: ModelEvent, reference: FeatureSketch) -> None:
+    """What the sink computes from an accepted event's sketches: none of it may raise."""
+    payload = event.payload
+    if isinstance(payload, ScoringStats):
+        Sketch.from_event(payload.latency.sketch).quantile(0.99)
+        features = payload.features
+    else:
+        assert isinstance(payload, ModelLoaded)
+        features = payload.training_profile
+    for feature in features:
+        if feature.distribution is None:
+            continue
+        sketch = SignedSketch.from_event(feature.distribution)
+        for q in (0.0, 0.5, 1.0):
+            sketch.quantile(q)
+        sketch.fraction_at_or_below(-1.0)
+        for training, serving in (
+            (feature.distribution, reference),
+            (reference, feature.distribution),
+        ):
+            psi = population_stability_index(training, serving)
+            assert psi is None or (psi >= 0.0 and math.isfinite(psi)), psi
+
+
+def test_fuzzed_distributions_and_profiles_are_refused_or_safe_to_compute_with() -> None:
+    """Contract v3's sketches, mutated: the decoder and the checks let through only what the
+    sketch functions (quantiles, distribution function, PSI) can compute with."""
+    now = datetime.now(UTC)
+    rng = random.Random(SEED)
+    frames = _v3_frames(rng, now)
+    reference = SignedSketch()
+    for number in (-3.0, 0.0, 0.5, 7.0, 1e6):
+        reference.add(number)
+    decoder = Decoder()
+    reasons: Counter[str] = Counter()
+    unexpected = []
+    for _ in range(10_000):
+        value = _mutate(rng, rng.choice(frames), frames)
+        try:
+            event = decoder.decode(value)
+            check_event(event, Limits(), now)
+        except (DecodeError, InvalidEvent) as exc:
+            reasons[exc.reason] += 1
+            continue
+        reasons["accepted"] += 1
+        try:
+            _use_every_sketch(event, reference.to_event())
+        except Exception as exc:  # what this test is for
+            unexpected.append(f"{type(exc).__name__}: {exc} <- {value.hex()}")
+    assert unexpected == []
+    assert reasons["accepted"] > 300 and reasons["inconsistent"] > 100, reasons
 
 
 # -- the real sink over the real broker ----------------------------------------------------------

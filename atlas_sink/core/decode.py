@@ -25,6 +25,7 @@ from capture.events import (
     PAYLOAD_TYPES,
     Deployment,
     Envelope,
+    FeatureSketch,
     FeatureSummary,
     LatencySummary,
     LogSketch,
@@ -303,8 +304,19 @@ def _scoring_stats(data: dict[str, Any]) -> ScoringStats:
             p99=latency["p99"],
             sketch=LogSketch(**latency["sketch"]),
         ),
-        features=[FeatureSummary(**feature) for feature in data["features"]],
+        features=[_feature(feature) for feature in data["features"]],
     )
+
+
+def _feature(data: dict[str, Any]) -> FeatureSummary:
+    # The decoded record is ours to change. Writers before v3 have no distribution: resolved
+    # against the current schema, it is the default, None.
+    sketch = data["distribution"]
+    if sketch is not None:
+        data["distribution"] = FeatureSketch(
+            positive=LogSketch(**sketch["positive"]), negative=LogSketch(**sketch["negative"])
+        )
+    return FeatureSummary(**data)
 
 
 def _summarise(exc: ValidationError) -> str:

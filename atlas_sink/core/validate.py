@@ -7,6 +7,7 @@ Identity names were already checked by the event dataclasses themselves.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sized
 from dataclasses import dataclass
@@ -14,7 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 from atlas_sink.core.entities import Update
 from capture.dataschema import fingerprint
-from capture.events import DataSchema, ModelEvent, ModelLoaded, SchemaChanged, ScoringStats
+from capture.events import (
+    DataSchema,
+    FeatureSummary,
+    LogSketch,
+    ModelEvent,
+    ModelLoaded,
+    SchemaChanged,
+    ScoringStats,
+)
+from capture.stats import MIN_RELATIVE_ACCURACY, Sketch
 from capture.typecheck import has_control_characters
 
 
@@ -26,6 +36,8 @@ class Limits:
     max_fields: int = 5_000
     max_list_items: int = 1_000
     max_text: int = 256 * 1024
+    # 10,000 buckets at 1% accuracy span a factor of 10^86: more means a corrupt sketch.
+    max_sketch_buckets: int = 10_000
 
 
 class InvalidEvent(ValueError):
@@ -128,8 +140,10 @@ def _check_loaded(loaded: ModelLoaded, limits: Limits) -> None:
         ("tags", loaded.tags),
         ("classifications", loaded.classifications),
         ("properties", loaded.properties),
+        ("training_profile", loaded.training_profile),
     ):
         _check_list(where, items, limits.max_list_items)
+    _check_features("training_profile", loaded.training_profile, limits)
     for where, text in (
         ("artifact.uri", loaded.artifact.uri),
         *((f"properties[{k!r}]", v) for k, v in loaded.properties.items()),
@@ -171,6 +185,7 @@ def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
         raise InvalidEvent("inconsistent", f"errors_by_kind has a negative count: {_brief(stats)}")
     _check_list("errors_by_kind", stats.errors_by_kind, limits.max_list_items)
     _check_list("features", stats.features, limits.max_list_items)
+    _check_features("features", stats.features, limits)
     latency = stats.latency
     values = (latency.min, latency.max, latency.mean, latency.p50, latency.p95, latency.p99)
     # A NaN or an infinity makes the sum non-finite, so one check covers all six.
@@ -178,8 +193,77 @@ def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
         raise InvalidEvent(
             "inconsistent", f"latency summary must be finite, >= 0 and min <= max: {values}"
         )
-    # 10,000 buckets at 1% accuracy span a factor of 10^86: more means a corrupt sketch.
-    _check_list("latency.sketch.counts", latency.sketch.counts, 10_000)
+    _check_sketch("latency.sketch", latency.sketch, limits)
+
+
+def _check_features(where: str, features: list[FeatureSummary], limits: Limits) -> None:
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        raise InvalidEvent(
+            "inconsistent",
+            f"{where} has duplicate feature names: expected one summary per feature",
+        )
+    for feature in features:
+        at = f"{where}[{feature.name[:200]!r}]"
+        if not 0 <= feature.null_count <= feature.count:
+            raise InvalidEvent(
+                "inconsistent",
+                f"{at}: expected 0 <= null_count <= count (count includes the nulls), got "
+                f"{feature.null_count} nulls of {feature.count}",
+            )
+        figures = (feature.min, feature.max, feature.mean)
+        if any(v is not None and not math.isfinite(v) for v in figures):
+            raise InvalidEvent(
+                "not_finite",
+                f"{at}: min, max and mean must be finite numbers or null, got {figures}: "
+                "count NaN and infinite inputs as nulls",
+            )
+        if feature.min is not None and feature.max is not None and feature.min > feature.max:
+            raise InvalidEvent("inconsistent", f"{at}: min {feature.min} > max {feature.max}")
+        sketch = feature.distribution
+        if sketch is None:
+            continue
+        _check_sketch(f"{at}.distribution.positive", sketch.positive, limits)
+        _check_sketch(f"{at}.distribution.negative", sketch.negative, limits)
+        if sketch.positive.relative_accuracy != sketch.negative.relative_accuracy:
+            raise InvalidEvent(
+                "inconsistent",
+                f"{at}.distribution: positive and negative relative_accuracy differ "
+                f"({sketch.positive.relative_accuracy} and {sketch.negative.relative_accuracy})"
+                ": expected both sketches of a feature built with one accuracy",
+            )
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_range(accuracy: float) -> tuple[int, int]:
+    # Every window has a sketch per feature, and nearly all share one accuracy.
+    return Sketch(accuracy).index_range()
+
+
+def _check_sketch(where: str, sketch: LogSketch, limits: Limits) -> None:
+    """Whatever passes here, ``capture.stats`` can read: quantiles, merges, the PSI."""
+    accuracy = sketch.relative_accuracy
+    if not MIN_RELATIVE_ACCURACY <= accuracy < 1.0:
+        raise InvalidEvent(
+            "inconsistent" if math.isfinite(accuracy) else "not_finite",
+            f"{where}.relative_accuracy is {accuracy}: expected a number in "
+            f"[{MIN_RELATIVE_ACCURACY}, 1), e.g. 0.01",
+        )
+    _check_list(f"{where}.counts", sketch.counts, limits.max_sketch_buckets)
+    if sketch.zero_count < 0 or (sketch.counts and min(sketch.counts) < 0):
+        raise InvalidEvent(
+            "inconsistent", f"{where} has a negative count: expected counts of values, >= 0"
+        )
+    if sketch.counts:
+        lowest, highest = _bucket_range(accuracy)
+        last = sketch.first_index + len(sketch.counts) - 1
+        if sketch.first_index < lowest or last > highest:
+            raise InvalidEvent(
+                "inconsistent",
+                f"{where} has buckets {sketch.first_index} .. {last}, but at relative accuracy "
+                f"{accuracy} values above 1e-9 and within a double's range fall in buckets "
+                f"{lowest} .. {highest}: compute bucket indexes as schemas/README.md says",
+            )
 
 
 def _brief(stats: ScoringStats) -> str:

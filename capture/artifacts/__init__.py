@@ -9,7 +9,12 @@ adds the server's runtime and any overrides::
 
     event = from_pmml("/models/wine.pmml", runtime=runtime, tags=["pmml"])
 
-``facts.artifact.content_hash`` is also what ``ModelIdentity.content_hash`` wants.
+``facts.artifact.content_hash`` is also what ``ModelIdentity.content_hash`` wants. Only PMML
+keeps statistics of the training data (its ``ModelStats``, read into ``facts.training_profile``);
+a trainer that has the data passes its profile instead::
+
+    event = from_mlflow("/models/wine", runtime=runtime,
+                        training_profile=profile_features(training_columns))
 
 Optional dependencies, imported only by the reader that needs them:
 

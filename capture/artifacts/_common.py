@@ -20,6 +20,7 @@ from capture.dataschema import data_schema
 from capture.events import (
     Artifact,
     DataSchema,
+    FeatureSummary,
     FieldSpec,
     Metric,
     ModelLoaded,
@@ -65,6 +66,7 @@ class LoadedOverrides(TypedDict, total=False):
     tags: list[str]
     classifications: list[str]
     properties: dict[str, str]
+    training_profile: list[FeatureSummary]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,7 +74,9 @@ class ModelFacts:
     """Everything a ModelLoaded carries that the artifact itself can tell.
 
     ``properties`` keys are prefixed by format (``mlflow.``, ``pmml.``, ``onnx.``) so facts
-    from different readers never collide in the catalog.
+    from different readers never collide in the catalog. ``training_profile`` is what the
+    artifact says of its training data (PMML's ModelStats); where it says nothing, pass the
+    trainer's own (``capture.profile.profile_features``) as the ``training_profile`` override.
     """
 
     model_type: ModelType
@@ -81,6 +85,7 @@ class ModelFacts:
     output_schema: DataSchema
     training: Training = field(default_factory=Training)
     properties: dict[str, str] = field(default_factory=dict)
+    training_profile: list[FeatureSummary] = field(default_factory=list)
 
     def model_loaded(
         self, *, runtime: Runtime, **overrides: Unpack[LoadedOverrides]
@@ -117,6 +122,7 @@ class ModelFacts:
             tags=o.get("tags", []),
             classifications=o.get("classifications", []),
             properties={**self.properties, **o.get("properties", {})},
+            training_profile=o.get("training_profile", self.training_profile),
         )
 
 

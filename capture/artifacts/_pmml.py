@@ -7,6 +7,7 @@ nothing about the model's interface.
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from capture.artifacts._common import (
     artifact_facts,
     schema_of,
 )
-from capture.events import FieldSpec, ModelLoaded, ModelType, Runtime
+from capture.events import FeatureSummary, FieldSpec, ModelLoaded, ModelType, Runtime
 
 # PMML dataType -> Avro-style name (PMML integer is what most exporters write for int32)
 _TYPES = {
@@ -96,6 +97,11 @@ def read_pmml(
     the Output fields. Inputs are nullable unless the MiningField says
     ``missingValueTreatment="returnInvalid"``: PMML scores a record with missing values by
     default.
+
+    The training profile comes from the model's ``ModelStats``, for the active inputs whose
+    ``UnivariateStats`` has ``Counts``: count from ``totalFreq``, nulls from ``missingFreq``,
+    min, max and mean from ``NumericInfo``. PMML keeps no sketch, so there is no
+    distribution; frequencies of weighted statistics are rounded to whole counts.
     """
     source = Path(path)
     if not source.is_file():
@@ -164,6 +170,7 @@ def read_pmml(
         input_schema=schema_of(inputs, None, source),
         output_schema=schema_of(outputs, None, source),
         properties=_properties(doc, model),
+        training_profile=_training_profile(model, inputs, source),
     )
 
 
@@ -310,6 +317,69 @@ def _output_field(of: ET.Element, name: str, target_type: str | None) -> FieldSp
         type_name = "string"
         notes.append("dataType not declared")
     return FieldSpec(name=name, type=type_name, doc="; ".join(notes))
+
+
+def _training_profile(
+    model: ET.Element, inputs: list[FieldSpec], source: Path
+) -> list[FeatureSummary]:
+    stats = _child(model, "ModelStats")
+    if stats is None:
+        return []
+    wanted = {f.name for f in inputs}
+    profile: dict[str, FeatureSummary] = {}
+    for univariate in _children(stats, "UnivariateStats"):
+        name = univariate.get("field", "")
+        counts = _child(univariate, "Counts")
+        # A summary's count is required, and without Counts it is unknown.
+        if name not in wanted or name in profile or counts is None:
+            continue
+        what = f"UnivariateStats {name!r}"
+        total = _frequency(counts, "totalFreq", source, what)
+        if total is None:
+            raise ArtifactError(f"{source}: {what} <Counts> has no 'totalFreq'; PMML requires one")
+        missing = _frequency(counts, "missingFreq", source, what)
+        if missing is not None and missing > total:
+            raise ArtifactError(
+                f"{source}: {what} <Counts> has missingFreq {missing} > totalFreq {total}; "
+                "expected the total to include the missing values — fix the statistics"
+            )
+        info = _child(univariate, "NumericInfo")
+        low, high, mean = (
+            _statistic(info, attr, source, what) if info is not None else None
+            for attr in ("minimum", "maximum", "mean")
+        )
+        profile[name] = FeatureSummary(
+            name=name, count=total, null_count=missing or 0, min=low, max=high, mean=mean
+        )
+    return [profile[name] for name in sorted(profile)]
+
+
+def _number(elem: ET.Element, attr: str, source: Path, what: str) -> float | None:
+    text = elem.get(attr)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ArtifactError(
+            f"{source}: {what} <{_local(elem.tag)}> has {attr}={text!r}; expected a number"
+        ) from None
+
+
+def _frequency(elem: ET.Element, attr: str, source: Path, what: str) -> int | None:
+    value = _number(elem, attr, source, what)
+    if value is not None and not 0 <= value < 2**63:
+        raise ArtifactError(
+            f"{source}: {what} <{_local(elem.tag)}> has {attr}={value}; expected a count, "
+            "at least 0 and below 2^63"
+        )
+    return None if value is None else round(value)
+
+
+def _statistic(elem: ET.Element, attr: str, source: Path, what: str) -> float | None:
+    value = _number(elem, attr, source, what)
+    # xs:double allows NaN and INF, which say nothing about the training data.
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _properties(doc: _Document, model: ET.Element) -> dict[str, str]:
