@@ -20,45 +20,61 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
+from atlas_sink.runtime.config import SinkConfig
 from bench.common import Figure, kafka_bootstrap, realistic_scoring_stats
 from capture.config import EmitterConfig
 from capture.emitter import Emitter
 from capture.events import Deployment, ModelIdentity
 from local_services import harness
 
-BATCH = 500
+# The sink's own default: the pipeline is measured as `atlas-sink run` batches.
+BATCH = int(SinkConfig.model_fields["batch_max_messages"].default)
+
+
+REPLICAS = 3
+VERSIONS = ("1", "2")
 
 
 def _fill(bootstrap: str, topic: str, events: int, deployments: int) -> None:
-    """``events`` ScoringStats over ``deployments`` servers (one model each), via the emitter."""
+    """``events`` ScoringStats over ``deployments`` servers (one model each), via the emitter:
+    each deployment has ``REPLICAS`` replicas (an emitter each) serving version 1 for the
+    first half of their windows and version 2 for the second, so the sink merges every
+    replica's windows per version. Replicas are filled one after the other, so a
+    deployment's windows reach the topic out of time order."""
     harness.create_topics(bootstrap, [topic], partitions=3)
-    emitters = [
-        Emitter(
-            EmitterConfig(bootstrap_servers=bootstrap, topic=topic, queue_size=events + 1),
-            Deployment(server_kind="python", server_name=f"server-{i}", cluster="bench"),
-        )
-        for i in range(deployments)
-    ]
     base = realistic_scoring_stats()
-    model = ModelIdentity(name="model", version="1")
+    share = events // REPLICAS
+    windows = -(-share // deployments)  # per deployment and replica
     # Windows end before now: the sink rightly refuses timestamps in the future.
-    first = datetime.now(UTC) - timedelta(seconds=60 * (events // deployments + 2))
-    for n in range(events):
-        emitter = emitters[n % deployments]
-        start = first + timedelta(seconds=60 * (n // deployments))
-        stats = type(base)(
-            window_start=start,
-            window_end=start + timedelta(seconds=60),
-            request_count=10,
-            error_count=1,
-            errors_by_kind={"timeout": 1},
-            latency=base.latency,
-        )
-        emitter._emit(model, stats)
-    for emitter in emitters:
-        emitter.close(120)
-        if emitter.stats().delivered == 0:
-            raise RuntimeError("the benchmark's events were not delivered")
+    first = datetime.now(UTC) - timedelta(seconds=60 * (windows + 2))
+    models = [ModelIdentity(name="model", version=v) for v in VERSIONS]
+    for replica in range(REPLICAS):
+        emitters = [
+            Emitter(
+                EmitterConfig(bootstrap_servers=bootstrap, topic=topic, queue_size=share + 1),
+                Deployment(server_kind="python", server_name=f"server-{i}", cluster="bench"),
+            )
+            for i in range(deployments)
+        ]
+        count = share if replica < REPLICAS - 1 else events - share * (REPLICAS - 1)
+        for n in range(count):
+            emitter = emitters[n % deployments]
+            window = n // deployments
+            start = first + timedelta(seconds=60 * window, milliseconds=replica)
+            model = models[window * len(VERSIONS) // windows]
+            stats = type(base)(
+                window_start=start,
+                window_end=start + timedelta(seconds=60),
+                request_count=10,
+                error_count=1,
+                errors_by_kind={"timeout": 1},
+                latency=base.latency,
+            )
+            emitter._emit(model, stats)
+        for emitter in emitters:
+            emitter.close(120)
+            if emitter.stats().delivered == 0:
+                raise RuntimeError("the benchmark's events were not delivered")
 
 
 def _floor(bootstrap: str, topic: str, events: int) -> float:
@@ -149,8 +165,11 @@ def throughput_and_coalescing(bootstrap: str, events: int = 100_000) -> Iterator
         extra={
             **counts,
             "deployments": deployments,
-            "max_entities_per_batch": deployments,
-            "target": "entities written per batch <= distinct entities changed (100)",
+            "replicas": REPLICAS,
+            "versions": len(VERSIONS),
+            # A deployment and its (deployment, version) live figures per batch.
+            "max_entities_per_batch": deployments * (1 + len(VERSIONS)),
+            "target": "entities written per batch <= distinct entities changed (300)",
             "entities_per_batch": round(counts["entities_written"] / counts["batches"], 1),
         },
     )

@@ -115,11 +115,12 @@ class Sketch:
         for index in sorted(self.buckets):
             seen += self.buckets[index]
             if seen > rank:
-                return self._value(index)
-        return self._value(max(self.buckets))
+                return self.bucket_value(index)
+        return self.bucket_value(max(self.buckets))
 
-    def _value(self, index: int) -> float:
-        # The bucket's midpoint in relative terms keeps the error within alpha.
+    def bucket_value(self, index: int) -> float:
+        """What a value in bucket ``index`` is read as: the bucket's midpoint in relative
+        terms, which keeps the error within the relative accuracy."""
         try:
             return 2.0 * self.gamma**index / (self.gamma + 1.0)
         except OverflowError:  # the top bucket of the doubles, whose midpoint is beyond them

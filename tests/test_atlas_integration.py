@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import random
 import re
 import threading
 import urllib.error
@@ -53,6 +54,7 @@ from atlas_sink.core.translate import (
     MODEL,
     MODEL_VERSION,
     SCHEMA_CHANGE,
+    SERVING_STATS,
     TRAINING,
     ClassificationRule,
     Rules,
@@ -96,6 +98,7 @@ from capture.events import (
 )
 from capture.events import Producer as EventProducer
 from capture.framing import single_object_framer
+from capture.profile import profile_features
 from local_services import harness
 from tests import services
 from tests.conftest import INPUT, OUTPUT, model_loaded
@@ -315,6 +318,7 @@ class Demo:
             (DATA_SCHEMA, self.schema(OUTPUT.fingerprint)),
             (DATA_SCHEMA, self.schema(OUTPUT_V2.fingerprint)),
             (SCHEMA_CHANGE, self.schema_change),
+            (SERVING_STATS, naming.serving_stats(SERVER, "wine", "1", self.cluster)),
         ]
 
 
@@ -1538,9 +1542,21 @@ def _report_scenario(cluster: str) -> list[ModelEvent]:
         output_schema=OUTPUT,
         runtime=Runtime(language="python", language_version="3.11", host="h1"),
     )
+    rng = random.Random(13)
+    trained = profile_features({"alcohol": [rng.gauss(13, 0.8) for _ in range(500)]})
+    version_2 = dataclasses.replace(model_loaded("2", replaces="1"), training_profile=trained)
+
+    def window(seconds: int, shift: float) -> ScoringStats:
+        served = profile_features({"alcohol": [rng.gauss(13 + shift, 0.8) for _ in range(50)]})
+        return dataclasses.replace(stats(50, 1, seconds), features=served)
+
     return [
         *demo_events(cluster),
-        event(cluster, model_loaded("2", replaces="1"), seq=6, seconds=400, version="2"),
+        event(cluster, version_2, seq=6, seconds=400, version="2"),
+        # Version 2 on two replicas, its inputs drifted: live figures per version side by side.
+        event(cluster, window(460, 3.0), seq=7, seconds=520, version="2"),
+        event(cluster, window(470, 3.0), seq=1, seconds=530, version="2", instance="replica-b"),
+        event(cluster, window(520, 3.0), seq=8, seconds=580, version="2"),
         event(cluster, least, seq=1, seconds=1, model="least", instance="replica-l"),
     ]
 
@@ -1581,3 +1597,10 @@ def test_atlas_and_the_embedded_catalog_report_the_same_words(atlas: Atlas, tmp_
     assert least["artifact"]["storage"]["verdict"] == "unknown"
     (live,) = least["quality"]["live"]
     assert (live["windowEnd"], live["latencySeconds"]["p99"]) == (None, None)
+    # The live figures per version, read back from Atlas's own entities.
+    (served,) = reports["atlas"]["wine"].data["quality"]["byVersion"]
+    versions = {v["version"]: v for v in served["versions"]}
+    assert [versions["1"]["requests"], versions["2"]["requests"]] == [60, 150]
+    assert len(versions["2"]["replicas"]) == 2
+    assert versions["2"]["driftedFeatures"] == ["alcohol"]
+    assert "versions served on" in render_text(reports["atlas"]["wine"])

@@ -28,6 +28,7 @@ from atlas_sink.core.translate import (
     MODEL,
     MODEL_VERSION,
     SCHEMA_CHANGE,
+    SERVING_STATS,
     TRAINING,
     ClassificationRule,
     Rules,
@@ -43,6 +44,8 @@ TYPEDEFS = Path(__file__).resolve().parents[1] / "deploy" / "atlas" / "servemeta
 
 VERSION = Ref(MODEL_VERSION, "wine.1@local")
 DEPLOY = Ref(DEPLOYMENT, "wine-scorer.wine@local")
+# The live figures of version 1 on that deployment.
+STATS = Ref(SERVING_STATS, naming.serving_stats("wine-scorer", "wine", "1", "local"))
 TRAIN = Ref(TRAINING, "wine.1.training@local")
 SOURCE = Ref(FS_PATH, "file:///data/wine.csv@local")
 REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
@@ -144,7 +147,8 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     catalog: LocalCatalog, sample_messages: list[RawMessage]
 ) -> None:
     outcome = pipeline(catalog).process(sample_messages)
-    assert (outcome.decoded, outcome.dead, outcome.entities_written) == (5, [], 11)
+    # Ten entities of the load and its lineage, the schema change, the version's live figures.
+    assert (outcome.decoded, outcome.dead, outcome.entities_written) == (5, [], 12)
     assert outcome.write_requests == 1
     version = get(catalog, VERSION)
     assert version.attributes["framework"] == "sklearn"
@@ -168,6 +172,14 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     ) == (10, 1)
     assert deployment.attributes["status"] == "STOPPED"
     assert deployment.references == {"inputs": [REQUESTS, VERSION], "outputs": [SCORES]}
+    live = get(catalog, STATS)
+    assert (live.attributes["lifetime"]["requests"], live.attributes["lifetime"]["errors"]) == (
+        10,
+        1,
+    )
+    assert live.references == {"deployment": DEPLOY}
+    assert [e.ref for e in catalog.find(SERVING_STATS)] == [STATS]
+    assert [e.ref for e in outcome.live_figures] == [STATS]
     assert catalog.entity(KAFKA_TOPIC, "no-such-topic@local") is None
     assert [e.ref for e in catalog.find(KAFKA_TOPIC)] == [REQUESTS, SCORES]
     data_sets = [e.ref for e in catalog.find("DataSet")]
@@ -320,8 +332,11 @@ def test_reprocessing_a_batch_after_a_restart_leaves_totals_unchanged(tmp_path: 
     # Killed before committing offsets: a new process re-reads the same messages.
     with open_catalog(path) as catalog:
         outcome = pipeline(catalog).process(batch)
-        assert (outcome.dead, outcome.duplicates) == ([], 6)  # 3 entities + 3 windows
+        # 3 entities of the load + 3 windows, each to the deployment and the serving stats.
+        assert (outcome.dead, outcome.duplicates) == ([], 9)
         assert catalog.find() == before
+    live = {e.ref: e for e in before}[STATS].attributes["lifetime"]
+    assert (live["requests"], live["errors"], live["windows"]) == (90, 9, 3)
 
 
 def _dump_after(
@@ -344,8 +359,8 @@ def _dump_after(
 def test_batch_sizes_and_restarts_do_not_change_the_catalog(tmp_path: Path) -> None:
     events = _stream()
     whole = _dump_after(tmp_path / "whole.db", events, [len(events)], restart=False)
-    # Version 2 and its training join the ten entities of version 1.
-    assert len(whole) == 13
+    # Version 2 and its training join the ten entities of version 1 and its live figures.
+    assert len(whole) == 14
     for name, sizes, restart in (
         ("ones", [1] * len(events), False),
         ("sevens", [7] * 7, False),
@@ -361,6 +376,12 @@ def test_batch_sizes_and_restarts_do_not_change_the_catalog(tmp_path: Path) -> N
     assert deployment["currentVersion"] == "2"
     replaced = {e.ref: e for e in whole}[VERSION].attributes
     assert (replaced["status"], replaced["statusReason"]) == ("REPLACED", "replaced by version 2")
+    # Version 1's live figures: every window of both replicas merged once.
+    live = {e.ref: e for e in whole}[STATS].attributes
+    assert live["lifetime"]["requests"] == deployment["lifetimeTotals"]["requests"]
+    assert live["lifetime"]["errors"] == deployment["lifetimeTotals"]["errors"]
+    assert live["lifetime"]["windows"] == 40
+    assert [r["instance"] for r in live["replicas"]] == ["i1", "i2"]
 
 
 # -- the Target contract ---------------------------------------------------------------------
@@ -400,10 +421,11 @@ def test_a_rejected_entity_dead_letters_its_event_and_the_rest_is_written(
         assert [(d.message.offset, d.reason) for d in outcome.dead] == [(3, "target_rejected")]
         assert "UNKNOWN_TYPE" in outcome.dead[0].detail
         assert SCHEMA_CHANGE in outcome.dead[0].detail
-        assert outcome.entities_written == 10
+        assert outcome.entities_written == 11
         assert catalog.find(SCHEMA_CHANGE) == []
         assert get(catalog, VERSION) is not None
         assert get(catalog, OUTPUT_SCHEMA) is not None
+        assert get(catalog, STATS) is not None
 
 
 def test_nothing_is_written_before_types_are_registered(tmp_path: Path) -> None:
@@ -638,7 +660,7 @@ def test_one_wal_file_one_transaction_per_write_and_indexed_lookups(
         )
         assert "edges_by_target" in plan
         # A second reader sees committed data while the catalog stays open.
-        assert other.execute("SELECT count(*) FROM entities").fetchone() == (11,)
+        assert other.execute("SELECT count(*) FROM entities").fetchone() == (12,)
 
 
 def test_a_locked_file_makes_the_target_unavailable_not_the_batch_dead(tmp_path: Path) -> None:
@@ -662,7 +684,7 @@ def test_reopening_keeps_everything(tmp_path: Path, sample_messages: list[RawMes
         before = catalog.find()
     with LocalCatalog(tmp_path / "c.db") as reopened:
         assert reopened.find() == before
-        assert len(before) == 11
+        assert len(before) == 12
 
 
 def test_a_file_from_a_newer_sink_is_refused_not_misread(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from atlas_sink.core.translate import (
     S3_BUCKET,
     S3_OBJECT,
     SCHEMA_CHANGE,
+    SERVING_STATS,
     TRAINING,
     ClassificationRule,
     Rules,
@@ -54,6 +55,7 @@ from capture.dataschema import data_schema
 from capture.events import (
     DataSchema,
     DataSource,
+    FeatureSummary,
     FieldSpec,
     ModelEvent,
     ModelLoadFailed,
@@ -63,6 +65,7 @@ from capture.events import (
     ScoringStats,
     Training,
 )
+from capture.stats import SignedSketch
 from tests.conftest import INPUT, OUTPUT, T0, envelope, model_loaded, scoring_stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +74,8 @@ TYPEDEFS = REPO / "deploy" / "atlas" / "servemeta_typedefs.json"
 VERSION = Ref(MODEL_VERSION, "wine.1@local")
 MODEL_REF = Ref(MODEL, "wine@local")
 DEPLOY = Ref(DEPLOYMENT, "wine-scorer.wine@local")
+# The live figures of version 1 on that deployment.
+STATS = Ref(SERVING_STATS, "wine-scorer.wine.1.stats@local")
 TRAIN = Ref(TRAINING, "wine.1.training@local")
 SOURCE = Ref(FS_PATH, "file:///data/wine.csv@local")
 REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
@@ -334,9 +339,10 @@ def test_the_sink_judges_compatibility_itself_and_keeps_the_claim_beside(
 
 
 def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
-    updates = translate(event(scoring_stats(), 5), NO_RULES)
+    sample = scoring_stats()
+    updates = translate(event(sample, 5), NO_RULES)
     deployment = one(updates, DEPLOY)
-    assert set(by_ref(updates)) == {DEPLOY}
+    assert set(by_ref(updates)) == {DEPLOY, STATS}
     assert deployment.totals == {"requests": 10, "errors": 1}
     values = deployment.values
     window = values["latestWindow"]
@@ -354,6 +360,21 @@ def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
     # A first stats window must make a valid deployment on its own.
     assert values["name"] == "wine-scorer serving wine"
     assert deployment.references == {}
+    # The same window, merged into the version's live figures once per event, as totals are.
+    live = one(updates, STATS)
+    assert live.key == deployment.key
+    assert live.values == {
+        "name": "wine 1 on wine-scorer",
+        "modelName": "wine",
+        "version": "1",
+        "serverName": "wine-scorer",
+    }
+    assert live.references == {"deployment": DEPLOY}
+    assert live.totals == {}
+    assert live.stats is not None
+    assert (live.stats.window, live.stats.training) == (sample, None)
+    assert (live.stats.instance, live.stats.host) == ("i1", "h1")
+    assert live.stats.policy == NO_RULES.stats
 
 
 # -- naming and data set types ---------------------------------------------------------------
@@ -511,7 +532,7 @@ def test_a_redelivered_batch_writes_no_mutable_entity() -> None:
     updates = translate(event(model_loaded()), NO_RULES) + translate(event(stats(), 2), NO_RULES)
     first, states = run(updates)
     again, after = run(updates, states)
-    assert again.duplicates == 4
+    assert again.duplicates == 5  # model, version, deployment; deployment, serving stats
     assert [e.ref for e in again.entities if e.type_name in MUTABLE_TYPES] == []
     assert after == states
     # Immutable entities are rewritten unchanged: harmless upserts.
@@ -524,8 +545,11 @@ def test_same_producer_and_sequence_is_a_duplicate_whatever_its_content() -> Non
     _, states = run(translate(event(stats(10, 1), 3), NO_RULES))
     resent = event(stats(99, 9), 3)
     result, after = run(translate(resent, NO_RULES), states)
-    assert (result.duplicates, result.entities) == (1, [])
+    assert (result.duplicates, result.entities) == (2, [])  # the deployment, the serving stats
     assert after[DEPLOY].totals == {"requests": 10, "errors": 1}
+    live = after[STATS].stats
+    assert live is not None
+    assert (live.lifetime.requests, live.lifetime.errors, live.windows) == (10, 1, 1)
 
 
 def _store_after(batches: Iterable[Sequence[ModelEvent]]) -> dict[Ref, dict[str, Any]]:
@@ -608,12 +632,22 @@ def test_totals_add_once_per_event_and_redelivery_adds_nothing() -> None:
     third = event(stats(5, 0), 3)
     updates = [u for e in (first, second, third) for u in translate(e, NO_RULES)]
     result, states = run(updates, states)
-    assert result.duplicates == 2
+    assert result.duplicates == 4  # two windows, each to the deployment and the serving stats
     attributes = entities_of(result)[DEPLOY].attributes
     assert attributes[LIFETIME_TOTALS] == {"requests": 45, "errors": 3}
+    live = entities_of(result)[STATS].attributes
+    assert live["lifetime"]["requests"] == 45
+    assert (live["lifetime"]["errors"], live["lifetime"]["windows"]) == (3, 3)
     # The stored attributes restore exactly the state that guards the next batch.
     restored = EntityState.from_attributes(attributes)
     assert restored == states[DEPLOY]
+    restored_live, kept_live = EntityState.from_attributes(live), states[STATS]
+    # Merged sketches compare by what they hold (their state), not as objects.
+    assert restored_live.stats is not None and kept_live.stats is not None
+    assert restored_live.stats.to_state() == kept_live.stats.to_state()
+    assert dataclasses.replace(restored_live, stats=None) == dataclasses.replace(
+        kept_live, stats=None
+    )
 
 
 def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
@@ -622,18 +656,24 @@ def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
     first, second, third = (event(stats(10 * n, n), n) for n in (1, 2, 3))
     result, _ = run(translate(first, NO_RULES) + translate(third, NO_RULES))
     assert result.duplicates == 0
-    attributes = entities_of(result)[DEPLOY].attributes
-    restored = EntityState.from_attributes(attributes)  # a restarted sink
-    assert restored.applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
-    late, _ = run(translate(second, NO_RULES), {DEPLOY: restored})
+    written = entities_of(result)
+    # A restarted sink.
+    restored = {
+        ref: EntityState.from_attributes(written[ref].attributes) for ref in (DEPLOY, STATS)
+    }
+    for state in restored.values():
+        assert state.applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
+    late, _ = run(translate(second, NO_RULES), restored)
     assert late.duplicates == 0
     totals = entities_of(late)[DEPLOY].attributes
     assert totals[LIFETIME_TOTALS] == {"requests": 60, "errors": 6}
+    live = entities_of(late)[STATS].attributes["lifetime"]
+    assert (live["requests"], live["errors"], live["windows"]) == (60, 6, 3)
     again, _ = run(
         translate(second, NO_RULES),
-        {DEPLOY: EntityState.from_attributes(totals)},
+        {ref: EntityState.from_attributes(e.attributes) for ref, e in entities_of(late).items()},
     )
-    assert (again.duplicates, again.entities) == (1, [])
+    assert (again.duplicates, again.entities) == (2, [])
 
 
 def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> None:
@@ -642,26 +682,44 @@ def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> 
         totals={"requests": 0, "errors": 0},
     )
     window = event(stats(10, 1), 1, instance="new-pod")
-    written = coalesce(translate(window, NO_RULES), {DEPLOY: stored}).entities[0].attributes
+    stored_states = {DEPLOY: stored, STATS: stored.copy()}
+    written = coalesce(translate(window, NO_RULES), stored_states).entities
+    assert [e.ref for e in written] == [DEPLOY, STATS]
     # After a restart the state comes back from what was written; the window is redelivered.
-    restored = EntityState.from_attributes(written)
-    again = coalesce(translate(window, NO_RULES), {DEPLOY: restored})
-    assert (again.duplicates, again.entities) == (1, [])
+    restored = {e.ref: EntityState.from_attributes(e.attributes) for e in written}
+    for state in restored.values():
+        assert len(state.applied_sequences) == MAX_WATERMARKS
+        assert state.applied_sequences["new-pod/wine"] == ((1, 1),)
+    again = coalesce(translate(window, NO_RULES), restored)
+    assert (again.duplicates, again.entities) == (2, [])
 
 
 def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() -> None:
+    """Ten deployments and the live figures of the version each serves."""
     events = [
         event(stats(10, 1), sequence, instance=f"pod-{server}", server=f"scorer-{server}")
         for sequence in range(1, 101)
         for server in range(10)
     ]
     result, _ = run([u for e in events for u in translate(e, NO_RULES)])
-    assert (result.updates, result.duplicates, len(result.entities)) == (1000, 0, 10)
-    assert sorted(e.qualified_name for e in result.entities) == [
+    assert (result.updates, result.duplicates, len(result.entities)) == (2000, 0, 20)
+    deployments = [e for e in result.entities if e.type_name == DEPLOYMENT]
+    live = [e for e in result.entities if e.type_name == SERVING_STATS]
+    assert sorted(e.qualified_name for e in deployments) == [
         f"scorer-{n}.wine@local" for n in range(10)
     ]
-    for entity in result.entities:
+    assert sorted(e.qualified_name for e in live) == [
+        f"scorer-{n}.wine.1.stats@local" for n in range(10)
+    ]
+    for entity in deployments:
         assert entity.attributes[LIFETIME_TOTALS] == {"requests": 1000, "errors": 100}
+    for entity in live:
+        lifetime = entity.attributes["lifetime"]
+        assert (lifetime["requests"], lifetime["errors"], lifetime["windows"]) == (1000, 100, 100)
+        assert entity.references == {
+            "deployment": Ref(DEPLOYMENT, f"{entity.attributes['serverName']}.wine@local")
+        }
+    for entity in result.entities:
         server = entity.qualified_name.split(".")[0].removeprefix("scorer-")
         marks = EntityState.from_attributes(entity.attributes).applied_sequences
         assert marks == {f"pod-{server}/wine": ((1, 100),)}
@@ -831,9 +889,26 @@ def _servemeta_registry() -> _Registry:
     return registry
 
 
+def _feature(values: Sequence[float]) -> FeatureSummary:
+    sketch = SignedSketch(0.01)
+    for value in values:
+        sketch.add(value)
+    return FeatureSummary(
+        name="alcohol",
+        count=len(values),
+        min=min(values),
+        max=max(values),
+        mean=sum(values) / len(values),
+        distribution=sketch.to_event(),
+    )
+
+
 def _every_kind_of_event() -> list[ModelEvent]:
     loaded = dataclasses.replace(
         model_loaded(),
+        # With a training profile, and a window with its feature below: the serving stats
+        # entity writes its drift figures too.
+        training_profile=[_feature([11.0 + k / 25 for k in range(100)])],
         training=Training(
             sources=[
                 DataSource(uri="file:///data/wine.csv", name="wine", schema=INPUT),
@@ -861,7 +936,7 @@ def _every_kind_of_event() -> list[ModelEvent]:
         ModelLoadFailed(reason="oom", error_kind="MemoryError", artifact_uri="s3://m/w"),
         ModelUnloaded(reason="shutdown"),
         changed,
-        stats(),
+        dataclasses.replace(stats(), features=[_feature([14.5] * 10)]),
     ]
     return [event(p, n) for n, p in enumerate(payloads, start=1)]
 
@@ -884,6 +959,7 @@ def test_the_sample_covers_every_entity_type_translate_writes() -> None:
         MODEL_VERSION,
         TRAINING,
         DEPLOYMENT,
+        SERVING_STATS,
         DATA_SCHEMA,
         SCHEMA_CHANGE,
         DATASET,
@@ -893,6 +969,11 @@ def test_the_sample_covers_every_entity_type_translate_writes() -> None:
         S3_OBJECT,
         S3_BUCKET,
     }
+    attributes, references = _emitted()[SERVING_STATS]
+    assert {"lifetime", "replicas", "rollups", "features", "driftVerdict", "driftedFeatures"} <= (
+        attributes
+    )
+    assert references == {"deployment"}
 
 
 def test_servemeta_typedefs_declare_every_name_translate_writes() -> None:
@@ -993,7 +1074,11 @@ def test_a_catalog_written_before_the_sink_state_attribute_keeps_its_guard_and_t
     assert state.current_version() == "1"
     assert state.totals == {"requests": 30, "errors": 3}
     again, _ = run(translate(event(stats(10, 1), 2), NO_RULES), {DEPLOY: state})
-    assert (again.duplicates, again.entities) == (1, [])
+    # The deployment's guard holds. Its version's live figures are a new entity, which never
+    # saw the window: it merges it, once.
+    assert again.duplicates == 1
+    assert [e.ref for e in again.entities] == [STATS]
+    assert entities_of(again)[STATS].attributes["lifetime"]["requests"] == 10
     new, _ = run(translate(event(stats(10, 1), 3), NO_RULES), {DEPLOY: state})
     assert entities_of(new)[DEPLOY].attributes[LIFETIME_TOTALS] == {"requests": 40, "errors": 4}
     # Atlas reads a total never written as 0: that is no total.

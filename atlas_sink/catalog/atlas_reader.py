@@ -34,6 +34,7 @@ INVERSE = {
     "inputSchema": "inputOfVersions",
     "outputSchema": "outputOfVersions",
     "newSchema": "introducedBy",
+    "deployment": "versionStats",
 }
 
 

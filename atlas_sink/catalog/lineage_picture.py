@@ -3,18 +3,21 @@
 Columns follow the data flow: each node sits one column right of the furthest node that
 feeds it, so sources are on the left and the outputs of serving on the right. Processes are
 drawn with rounded corners, data sets square; classifications show as badges, propagated
-ones dashed. No script, no external file: the page opens anywhere, offline.
+ones dashed; a deployment's live figures per version, when given, show under it. No
+script, no external file: the page opens anywhere, offline.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from atlas_sink.catalog.model import LineageGraph, LineageNode
 
 _BOX_W, _BOX_H = 230, 64
 _COL_GAP, _ROW_GAP = 90, 34
+_NOTE_H = 13
 _MARGIN = 30
 _PROCESS_TYPES = ("servemeta_training", "servemeta_deployment")
 _FILL = {
@@ -52,7 +55,13 @@ def _label(node: LineageNode) -> tuple[str, str]:
     return node.type_name, name
 
 
-def render_svg(graph: LineageGraph, title: str) -> str:
+def render_svg(
+    graph: LineageGraph, title: str, notes: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """``notes``: lines of text to show under a node (its live figures), by node key."""
+    notes = notes or {}
+    # Rows leave room for the longest note under any node.
+    row_gap = _ROW_GAP + _NOTE_H * max((len(n) for n in notes.values()), default=0)
     columns = _columns(graph)
     by_column: dict[int, list[str]] = defaultdict(list)
     for key in sorted(graph.nodes, key=lambda k: (columns[k], graph.nodes[k].type_name, k)):
@@ -61,11 +70,11 @@ def render_svg(graph: LineageGraph, title: str) -> str:
     for col, keys in by_column.items():
         for row, key in enumerate(keys):
             x = _MARGIN + col * (_BOX_W + _COL_GAP)
-            y = _MARGIN + 40 + row * (_BOX_H + _ROW_GAP)
+            y = _MARGIN + 40 + row * (_BOX_H + row_gap)
             position[key] = (x, y)
     width = _MARGIN * 2 + (max(by_column, default=0) + 1) * (_BOX_W + _COL_GAP) - _COL_GAP
     rows = max((len(keys) for keys in by_column.values()), default=1)
-    height = _MARGIN * 2 + 40 + rows * (_BOX_H + _ROW_GAP)
+    height = _MARGIN * 2 + 40 + rows * (_BOX_H + row_gap)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -115,13 +124,20 @@ def render_svg(graph: LineageGraph, title: str) -> str:
                 f"{escape(classification)}</text>"
             )
             bx += text_w + 4
+        for line_no, line in enumerate(notes.get(key, ())):
+            parts.append(
+                f'<text x="{x + 4}" y="{y + _BOX_H + 13 + line_no * _NOTE_H}" font-size="10" '
+                f'fill="#333" class="note">{escape(line)}</text>'
+            )
         parts.append("</g>")
     parts.append("</svg>")
     return "".join(parts)
 
 
-def render_html(graph: LineageGraph, title: str) -> str:
-    svg = render_svg(graph, title)
+def render_html(
+    graph: LineageGraph, title: str, notes: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    svg = render_svg(graph, title, notes)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title>"

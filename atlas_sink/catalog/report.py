@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from atlas_sink.catalog.model import LineageGraph
+from atlas_sink.catalog.model import LineageGraph, entity_key
 from atlas_sink.catalog.reader import (
     CatalogReader,
     find_model,
@@ -24,7 +24,17 @@ from atlas_sink.catalog.reader import (
 )
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Ref
-from atlas_sink.core.translate import DEPLOYMENT, ENCRYPTED, MODEL_VERSION, SCHEMA_CHANGE
+from atlas_sink.core.translate import (
+    DEPLOYMENT,
+    ENCRYPTED,
+    MODEL_VERSION,
+    SCHEMA_CHANGE,
+    SERVING_STATS,
+)
+
+# A replica is stale when it was last heard this many of its windows before the newest
+# window of its deployment (SINK_STALE_WINDOWS).
+DEFAULT_STALE_WINDOWS = 3.0
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,88 @@ def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
     return {"verdict": verdict, "findings": problems}
 
 
+def _versions_served(
+    reader: CatalogReader, deployment: str, stale_windows: float
+) -> list[dict[str, Any]]:
+    """Each version the deployment served with its live figures, every replica merged, in
+    the order they were first heard of."""
+    found = [
+        r.entity
+        for r in reader.referrers(DEPLOYMENT, deployment, "deployment")
+        if r.entity.type_name == SERVING_STATS
+    ]
+    replicas = [r for e in found for r in e.attributes.get("replicas") or []]
+    # Staleness is judged against the deployment's newest window, not the reader's clock:
+    # the same catalog gives the same report whenever it is read.
+    newest = max((int(r.get("lastHeard") or 0) for r in replicas), default=0)
+    out = []
+    for entity in found:
+        a = entity.attributes
+        lifetime: dict[str, Any] = a.get("lifetime") or {}
+        served_by = []
+        for r in a.get("replicas") or []:
+            silent = (newest - int(r.get("lastHeard") or 0)) / 1000
+            window = float(r.get("windowSeconds") or 0)
+            served_by.append(
+                {
+                    "instance": r.get("instance"),
+                    "host": r.get("host"),
+                    "firstHeard": _millis(r.get("firstHeard")),
+                    "lastHeard": _millis(r.get("lastHeard")),
+                    "requests": r.get("requests"),
+                    "stale": window > 0 and silent > stale_windows * window,
+                }
+            )
+        out.append(
+            {
+                "version": a.get("version"),
+                "requests": _count(lifetime.get("requests")),
+                "errors": _count(lifetime.get("errors")),
+                "windows": _count(lifetime.get("windows")),
+                "errorRate": lifetime.get("errorRate"),
+                "errorsByKind": a.get("errorsByKind") or {},
+                "latencySeconds": {
+                    k: lifetime.get(f"latency{k.title()}Seconds")
+                    for k in ("min", "mean", "p50", "p95", "p99", "max")
+                },
+                "firstWindowStart": _millis(a.get("firstWindowStart")),
+                "lastWindowEnd": _millis(a.get("lastWindowEnd")),
+                "replicas": served_by,
+                "rollups": [
+                    {
+                        "start": _millis(r.get("start")),
+                        "end": _millis(r.get("end")),
+                        "requests": r.get("requests"),
+                        "errors": r.get("errors"),
+                        "latencySeconds": r.get("latencySeconds") or {},
+                    }
+                    for r in a.get("rollups") or []
+                ],
+                "drift": a.get("driftVerdict"),
+                "driftedFeatures": a.get("driftedFeatures") or [],
+                "features": [
+                    {
+                        "name": f.get("name"),
+                        "verdict": f.get("verdict"),
+                        **{k: v for k, v in sorted((f.get("figures") or {}).items())},
+                    }
+                    for f in a.get("features") or []
+                ],
+            }
+        )
+    return sorted(out, key=lambda v: (v["firstWindowStart"] or "", str(v["version"])))
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def build_report(
-    reader: CatalogReader, model: str, cluster: str | None = None, version: str | None = None
+    reader: CatalogReader,
+    model: str,
+    cluster: str | None = None,
+    version: str | None = None,
+    stale_windows: float = DEFAULT_STALE_WINDOWS,
 ) -> Report:
     model_entity = find_model(reader, model, cluster)
     _, model_cluster = naming.split(model_entity.qualified_name)
@@ -175,6 +265,7 @@ def build_report(
                     "totalErrors": totals.get("errors"),
                     "statsModelVersion": window.get("modelVersion"),
                 },
+                "versionsServed": _versions_served(reader, process.qualified_name, stale_windows),
             }
         )
 
@@ -231,6 +322,10 @@ def build_report(
         "quality": {
             "trained": attrs.get("metrics") or {},
             "live": [{"deployment": d["qualifiedName"], **d["live"]} for d in deployments],
+            "byVersion": [
+                {"deployment": d["qualifiedName"], "versions": d["versionsServed"]}
+                for d in deployments
+            ],
         },
         "schemas": {
             "input": _schema(reader, input_ref if isinstance(input_ref, Ref) else None),
@@ -345,6 +440,11 @@ def render_text(report: Report) -> str:
             f"{'-' if rate is None else f'{rate:.2%}'}, p50/p95/p99 {quantiles}; "
             f"{'-' if total is None else total} requests in total"
         )
+    for served in d["quality"]["byVersion"]:
+        out += _versions_table(served["deployment"], served["versions"])
+        reported = [v for v in served["versions"] if v["version"] == version["version"]]
+        for v in reported:
+            out += _features_table(served["deployment"], v)
     out.append("6. Data definitions")
     out.append("  input:")
     out += _fields(d["schemas"]["input"])
@@ -395,3 +495,70 @@ def render_text(report: Report) -> str:
         + (", ".join(visible) if visible else "(no classification)")
     )
     return "\n".join(out)
+
+
+def _ms(seconds: Any) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _number(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _versions_table(deployment: str, versions: list[dict[str, Any]]) -> list[str]:
+    if not versions:
+        return []
+    out = [
+        f"  versions served on {deployment}, every replica's windows merged:",
+        f"    {'version':<10} {'requests':>9} {'error rate':>10} {'p50':>9} {'p95':>9} "
+        f"{'p99':>9}  {'replicas':<12} drift",
+    ]
+    for v in versions:
+        lat = v["latencySeconds"]
+        rate = v["errorRate"]
+        stale = sum(1 for r in v["replicas"] if r["stale"])
+        replicas = f"{len(v['replicas'])}" + (f" ({stale} stale)" if stale else "")
+        drift = v["drift"] or "-"
+        if v["driftedFeatures"]:
+            drift += ": " + ", ".join(v["driftedFeatures"])
+        out.append(
+            f"    {v['version']!s:<10} {_number(v['requests'], 'd'):>9} "
+            f"{'-' if rate is None else f'{rate:.2%}':>10} {_ms(lat['p50']):>9} "
+            f"{_ms(lat['p95']):>9} {_ms(lat['p99']):>9}  {replicas:<12} {drift}"
+        )
+    return out
+
+
+def _features_table(deployment: str, version: dict[str, Any]) -> list[str]:
+    if not version["features"]:
+        return []
+    out = [
+        f"  inputs of version {version['version']} on {deployment}, training vs serving:",
+        f"    {'feature':<22} {'training mean':>13} {'serving mean':>13} {'serving nulls':>13} "
+        f"{'PSI':>7}  verdict",
+    ]
+    for f in version["features"]:
+        out.append(
+            f"    {str(f['name'])[:22]:<22} {_number(f.get('trainingMean')):>13} "
+            f"{_number(f.get('servingMean')):>13} {_number(f.get('servingNulls'), '.0f'):>13} "
+            f"{_number(f.get('psi'), '.3f'):>7}  {f['verdict']}"
+        )
+    return out
+
+
+def live_notes(report: Report) -> dict[str, list[str]]:
+    """Per deployment in the lineage picture, one line of live figures per version served."""
+    notes: dict[str, list[str]] = {}
+    for served in report.data["quality"]["byVersion"]:
+        lines = []
+        for v in served["versions"]:
+            rate = v["errorRate"]
+            lines.append(
+                f"v{v['version']}: {_number(v['requests'], 'd')} req, "
+                f"{'-' if rate is None else f'{rate:.1%}'} err, "
+                f"p99 {_ms(v['latencySeconds']['p99'])}, {len(v['replicas'])} replicas"
+                + (f", drifted: {', '.join(v['driftedFeatures'])}" if v["driftedFeatures"] else "")
+            )
+        if lines:
+            notes[entity_key(Ref(DEPLOYMENT, served["deployment"]))] = lines
+    return notes

@@ -7,7 +7,8 @@ Rules, per entity:
   applied once;
 - each attribute keeps the value of the newest event that set it (event time), so an old
   event never overwrites newer state, in whatever order events arrive;
-- totals add once per applied event;
+- totals add once per applied event, and so do scoring windows to a version's live figures
+  (``serving_stats``);
 - a deployment's status is derived from what the newest event about each version said and
   which version was loaded last, so news of a version it no longer serves changes nothing;
 - classifications only accumulate.
@@ -28,6 +29,7 @@ from atlas_sink.core.entities import (
     Ref,
     Update,
 )
+from atlas_sink.core.serving_stats import ServingStats
 
 
 @dataclass
@@ -104,6 +106,10 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
             for name, delta in update.totals.items():
                 totals[name] = totals.get(name, 0) + delta
         moment = key.event_time
+        if update.stats is not None:
+            if state.stats is None:
+                state.stats = ServingStats()
+            state.stats.apply(update.stats, moment)
         if update.served is not None:
             state.serve(update.served, moment)
         if moment >= state.last_event_time:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from atlas_sink.core import sequence_ranges
 from atlas_sink.core.sequence_ranges import Ranges
+from atlas_sink.core.serving_stats import ServingStats, StatsContribution
 
 # Every mutable entity type carries it (see deploy/atlas/servemeta_typedefs.json). Its name
 # sorts last: Atlas's UI lists an entity's attributes alphabetically.
@@ -51,7 +52,7 @@ STATE_ATTRIBUTES = (SINK_STATE, LIFETIME_TOTALS, *LEGACY_STATE_ATTRIBUTES)
 
 # Values of a mutable entity fixed by its qualifiedName (model and version names): the same in
 # every event about it, and mandatory in Atlas, so written with every upsert.
-IDENTITY_ATTRIBUTES = frozenset({"name", "modelName", "version"})
+IDENTITY_ATTRIBUTES = frozenset({"name", "modelName", "version", "serverName"})
 
 # At most this many producers' sequence ranges per entity: restarts create new producer
 # instances, and their ranges only matter while their events can still be redelivered.
@@ -116,6 +117,8 @@ class EntityState:
     # (``deployment_status``), never taken from the newest event alone: unloading the version
     # a deployment no longer serves must not stop the one it serves, in any arrival order.
     served: dict[str, VersionRecord] = field(default_factory=dict)
+    # Serving stats entities: the live figures merged from every window applied.
+    stats: ServingStats | None = None
 
     def applied(self, key: EventKey) -> bool:
         return sequence_ranges.contains(self.applied_sequences.get(key.producer, ()), key.sequence)
@@ -166,6 +169,7 @@ class EntityState:
             self.last_event_id,
             dict(self.marked_at),
             dict(self.served),
+            self.stats.copy() if self.stats is not None else None,
         )
 
     def _served_attributes(self) -> dict[str, Any]:
@@ -220,12 +224,16 @@ class EntityState:
                 ]
                 for v in self._kept_versions()
             }
+        if self.stats is not None:
+            state["stats"] = self.stats.to_state()
         attributes: dict[str, Any] = {
             SINK_STATE: json.dumps(state, separators=(",", ":"), ensure_ascii=False),
             **self._served_attributes(),
         }
         if self.totals:
             attributes[LIFETIME_TOTALS] = dict(sorted(self.totals.items()))
+        if self.stats is not None:
+            attributes.update(self.stats.to_attributes())
         return attributes
 
     @classmethod
@@ -253,6 +261,7 @@ class EntityState:
                 version: VersionRecord(int(loaded_at), int(at), str(status), reason)
                 for version, (loaded_at, at, status, reason) in (state.get("served") or {}).items()
             },
+            stats=ServingStats.from_state(state["stats"]) if state.get("stats") else None,
         )
 
 
@@ -329,7 +338,8 @@ class Update(NamedTuple):
 
     ``values`` apply only when the event is the newest seen for the entity; ``totals`` are
     added once per event whatever its age (a late window still happened); ``served`` is merged
-    into the deployment's per-version records (``EntityState.serve``).
+    into the deployment's per-version records (``EntityState.serve``); ``stats`` into a
+    serving stats entity's live figures, once per event like totals.
     ``key`` is None for immutable entities (data sets, schemas): their values never change.
     """
 
@@ -343,6 +353,8 @@ class Update(NamedTuple):
     totals: Mapping[str, int] = _NO_TOTALS
     # Deployments: the version this event is about and what it says of it.
     served: Served | None = None
+    # Serving stats: a window, or a training profile, to merge into the live figures.
+    stats: StatsContribution | None = None
 
     @property
     def ref(self) -> Ref:

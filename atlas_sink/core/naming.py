@@ -70,6 +70,12 @@ def deployment(server_name: str, model_name: str, cluster: str) -> str:
 
 
 @lru_cache(maxsize=65_536)
+def serving_stats(server_name: str, model_name: str, version: str, cluster: str) -> str:
+    """The live figures of one model version on one deployment."""
+    return qualified([server_name, model_name, version, "stats"], cluster)
+
+
+@lru_cache(maxsize=65_536)
 def data_schema(fingerprint: str, cluster: str) -> str:
     return qualified([fingerprint], cluster)
 

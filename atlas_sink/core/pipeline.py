@@ -29,6 +29,7 @@ from atlas_sink.core.entities import (
 from atlas_sink.core.previous_schemas import PreviousSchemas
 from atlas_sink.core.target import Target
 from atlas_sink.core.translate import (
+    SERVING_STATS,
     Rules,
     judged_compatibility,
     translate,
@@ -137,6 +138,8 @@ class BatchOutcome:
     # the position of one of them, for the log.
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_example: dict[str, str] = field(default_factory=dict)
+    # Serving stats entities the target took: the live figures per version, for /metrics.
+    live_figures: list[Entity] = field(default_factory=list)
 
     def dead_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -306,6 +309,9 @@ class Pipeline:
             # for a duplicate.
             accepted = [i for i, index in batch_ids.items() if _position(batch[index]) not in dead]
         self._remember(entities, result.states, rejected, {i: digests[i] for i in accepted})
+        outcome.live_figures = [
+            e for e in entities if e.type_name == SERVING_STATS and e.ref not in rejected
+        ]
         return outcome
 
     @staticmethod

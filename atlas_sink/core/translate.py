@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 from atlas_sink.core import naming
 from atlas_sink.core.entities import EventKey, Ref, Served, Update
+from atlas_sink.core.serving_stats import StatsContribution, StatsPolicy
 from capture.dataschema import compatibility
 from capture.events import (
     Compatibility,
@@ -39,6 +40,7 @@ MODEL = "servemeta_model"
 MODEL_VERSION = "servemeta_model_version"
 TRAINING = "servemeta_training"
 DEPLOYMENT = "servemeta_deployment"
+SERVING_STATS = "servemeta_serving_stats"
 DATA_SCHEMA = "servemeta_data_schema"
 SCHEMA_CHANGE = "servemeta_schema_change"
 DATASET = "servemeta_dataset"
@@ -69,7 +71,7 @@ ATLAS_RELATIONSHIPS_WRITTEN = (
     "aws_s3_v2_container_contained",
 )
 
-MUTABLE_TYPES = (MODEL, MODEL_VERSION, DEPLOYMENT)
+MUTABLE_TYPES = (MODEL, MODEL_VERSION, DEPLOYMENT, SERVING_STATS)
 # Values of the servemeta_encryption enum (artifactEncryption).
 ENCRYPTED = "ENCRYPTED_AT_REST"
 NOT_ENCRYPTED = "NOT_ENCRYPTED_AT_REST"
@@ -95,6 +97,8 @@ class Rules:
     rules: tuple[ClassificationRule, ...] = ()
     # Atlas metadata namespace of Kafka topics, when it is not the deployment's cluster.
     kafka_namespace: str | None = None
+    # How live figures per version are kept and judged.
+    stats: StatsPolicy = field(default_factory=StatsPolicy)
 
     def for_dataset(self, uri: str) -> list[str]:
         return [r.classification for r in self.rules if r.matches_dataset(uri)]
@@ -126,6 +130,7 @@ class _Context:
         classifications: Iterable[str] = (),
         totals: dict[str, int] | None = None,
         served: Served | None = None,
+        stats: StatsContribution | None = None,
     ) -> Update:
         return Update(
             type_name,
@@ -137,6 +142,7 @@ class _Context:
             event_id=self.event.envelope.event_id,
             totals=totals or {},
             served=served,
+            stats=stats,
         )
 
 
@@ -435,6 +441,13 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
             references={"inputs": [*inputs, version_ref], "outputs": outputs},
         )
     )
+    if loaded.training_profile:
+        updates.append(
+            _stats_update(
+                ctx,
+                StatsContribution(ctx.rules.stats, training=tuple(loaded.training_profile)),
+            )
+        )
     if loaded.replaces_version and loaded.replaces_version != version:
         updates.append(
             ctx.mutable(
@@ -549,11 +562,37 @@ def _scoring_stats(ctx: _Context, stats: ScoringStats) -> list[Update]:
         "latencyP99Seconds": latency.p99,
         "latencyMaxSeconds": latency.max,
     }
+    producer = ctx.event.envelope.producer
     return [
         ctx.mutable(
             DEPLOYMENT,
             _deployment_ref(ctx).qualified_name,
             {**_deployment_identity(ctx), "latestWindow": window},
             totals={"requests": stats.request_count, "errors": stats.error_count},
-        )
+        ),
+        _stats_update(
+            ctx,
+            StatsContribution(ctx.rules.stats, producer.instance_id, producer.host, window=stats),
+        ),
     ]
+
+
+def _stats_update(ctx: _Context, contribution: StatsContribution) -> Update:
+    """The live figures of the event's model version on its deployment. The entity refers to
+    the deployment alone: the deployment is written with every event, the version is not, and
+    Atlas refuses a reference to an entity it does not hold."""
+    env = ctx.event.envelope
+    model, version = env.model.name, env.model.version
+    server = env.deployment.server_name
+    return ctx.mutable(
+        SERVING_STATS,
+        naming.serving_stats(server, model, version, ctx.cluster),
+        {
+            "name": f"{model} {version} on {server}",
+            "modelName": model,
+            "version": version,
+            "serverName": server,
+        },
+        references={"deployment": _deployment_ref(ctx)},
+        stats=contribution,
+    )

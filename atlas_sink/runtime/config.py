@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from atlas_sink.core.serving_stats import StatsPolicy
 from atlas_sink.core.translate import ClassificationRule, Rules
 from capture.config import DEFAULT_TOPIC, ConfigError, KafkaSecurity, secret_from_env
 
@@ -104,6 +105,32 @@ SETTINGS: tuple[Setting, ...] = (
         "SINK_CLASSIFICATION_RULES",
         "JSON list of {classification, dataset_pattern, field_pattern}",
         parse="json",
+    ),
+    Setting("rollup_seconds", "SINK_ROLLUP_SECONDS", "span of a version's live-figure rollups"),
+    Setting(
+        "rollup_period_seconds",
+        "SINK_ROLLUP_PERIOD_SECONDS",
+        "rollups older than this (before the newest window) are not kept",
+    ),
+    Setting(
+        "drift_warn_psi",
+        "SINK_DRIFT_WARN_PSI",
+        "population stability index from which a feature is 'shifting'",
+    ),
+    Setting(
+        "drift_alert_psi",
+        "SINK_DRIFT_ALERT_PSI",
+        "population stability index from which a feature is 'drifted'",
+    ),
+    Setting(
+        "stale_windows",
+        "SINK_STALE_WINDOWS",
+        "a replica silent this many of its windows (behind its deployment's newest) is stale",
+    ),
+    Setting(
+        "metrics_max_versions",
+        "SINK_METRICS_MAX_VERSIONS",
+        "at most this many (deployment, version) label sets in /metrics",
     ),
     Setting("metrics_host", "SINK_METRICS_HOST", "address of /metrics, /healthz, /readyz"),
     Setting("metrics_port", "SINK_METRICS_PORT", "port of /metrics (0: any free port)"),
@@ -210,6 +237,12 @@ class SinkConfig(BaseModel):
     atlas_hook_topic: str = Field(default="ATLAS_HOOK", min_length=1)
     kafka_namespace: str | None = None
     classification_rules: tuple[ClassificationRuleSetting, ...] = ()
+    rollup_seconds: int = Field(default=3600, ge=60, le=86_400)
+    rollup_period_seconds: int = Field(default=48 * 3600, ge=60, le=90 * 86_400)
+    drift_warn_psi: float = Field(default=0.1, gt=0)
+    drift_alert_psi: float = Field(default=0.25, gt=0)
+    stale_windows: float = Field(default=3.0, gt=0)
+    metrics_max_versions: int = Field(default=1000, ge=0, le=100_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -257,6 +290,17 @@ class SinkConfig(BaseModel):
                 else ("ATLAS_PASSWORD", "ATLAS_USERNAME")
             )
             raise ValueError(f"{given} is set but {missing} is not: set both, or neither")
+        if self.drift_alert_psi < self.drift_warn_psi:
+            raise ValueError(
+                f"SINK_DRIFT_ALERT_PSI ({self.drift_alert_psi}) is below SINK_DRIFT_WARN_PSI "
+                f"({self.drift_warn_psi}): a feature must shift before it drifts; raise the alert "
+                "threshold or lower the warning one"
+            )
+        if self.rollup_period_seconds < self.rollup_seconds:
+            raise ValueError(
+                f"SINK_ROLLUP_PERIOD_SECONDS ({self.rollup_period_seconds}) is shorter than one "
+                f"rollup (SINK_ROLLUP_SECONDS, {self.rollup_seconds}): keep at least one"
+            )
         if self.dlq_topic in self.topics:
             raise ValueError(
                 f"SINK_DLQ_TOPIC {self.dlq_topic!r} is also in SINK_TOPICS: dead letters would "
@@ -270,6 +314,12 @@ class SinkConfig(BaseModel):
         return Rules(
             rules=tuple(r.compiled() for r in self.classification_rules),
             kafka_namespace=self.kafka_namespace,
+            stats=StatsPolicy(
+                rollup_seconds=self.rollup_seconds,
+                rollup_period_seconds=self.rollup_period_seconds,
+                drift_warn=self.drift_warn_psi,
+                drift_alert=self.drift_alert_psi,
+            ),
         )
 
     def require_kafka(self) -> str:

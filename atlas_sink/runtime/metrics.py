@@ -11,10 +11,12 @@ job": partitions assigned and the target taking writes (not in backoff).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from atlas_sink.core.entities import Entity, Ref
 from atlas_sink.core.pipeline import BatchOutcome
 
 log = logging.getLogger("servemeta.sink.metrics")
@@ -90,7 +93,7 @@ class Health:
 
 
 class SinkMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_versions: int = 1000) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.consumed = Counter(
@@ -164,6 +167,7 @@ class SinkMetrics:
             "servemeta_sink_assigned_partitions", "partitions assigned to this consumer", registry=r
         )
         self._lag_labels: set[tuple[str, str]] = set()
+        self.live = LiveFigures(r, max_versions)
 
     def record_batch(self, outcome: BatchOutcome) -> None:
         self.consumed.inc(outcome.consumed)
@@ -180,6 +184,8 @@ class SinkMetrics:
         self.batch_size.observe(outcome.consumed)
         for letter in outcome.dead:
             self.dead_lettered.labels(letter.reason).inc()
+        for entity in outcome.live_figures:
+            self.live.show(entity)
 
     def set_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Replace the per-partition lag; partitions no longer assigned disappear."""
@@ -189,6 +195,83 @@ class SinkMetrics:
         for (topic, partition), value in lags.items():
             self.lag.labels(topic, str(partition)).set(value)
         self._lag_labels = labels
+
+
+class LiveFigures:
+    """The merged live figures the sink holds per (model, version, deployment), as gauges.
+
+    Label sets are bounded: past ``max_versions`` the one updated longest ago is removed from
+    every gauge, so a fleet that churns through versions cannot grow /metrics without end.
+    """
+
+    _LATENCIES = ("p50", "p95", "p99")
+
+    def __init__(self, registry: CollectorRegistry, max_versions: int) -> None:
+        labels = ["model", "version", "deployment"]
+        self.max_versions = max_versions
+        self._shown: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.requests = Gauge(
+            "servemeta_version_requests",
+            "requests scored by a model version on a deployment, every replica's windows merged",
+            labels,
+            registry=registry,
+        )
+        self.errors = Gauge(
+            "servemeta_version_errors",
+            "failed requests of a model version on a deployment, every window merged",
+            labels,
+            registry=registry,
+        )
+        self.latency = Gauge(
+            "servemeta_version_latency_seconds",
+            "latency quantiles of a model version on a deployment, from the merged sketch",
+            [*labels, "quantile"],
+            registry=registry,
+        )
+        self.replicas = Gauge(
+            "servemeta_version_replicas",
+            "emitter instances heard from serving a model version on a deployment",
+            labels,
+            registry=registry,
+        )
+        self.drifted = Gauge(
+            "servemeta_version_drifted_features",
+            "input features of a model version whose serving values drifted from training",
+            labels,
+            registry=registry,
+        )
+
+    def show(self, entity: Entity) -> None:
+        a = entity.attributes
+        lifetime = a.get("lifetime")
+        if not lifetime or self.max_versions == 0:
+            return
+        deployment = entity.references.get("deployment")
+        key = (
+            str(a.get("modelName")),
+            str(a.get("version")),
+            deployment.qualified_name if isinstance(deployment, Ref) else "",
+        )
+        self._shown[key] = None
+        self._shown.move_to_end(key)
+        while len(self._shown) > self.max_versions:
+            self._forget(self._shown.popitem(last=False)[0])
+        self.requests.labels(*key).set(lifetime.get("requests", 0))
+        self.errors.labels(*key).set(lifetime.get("errors", 0))
+        for quantile in self._LATENCIES:
+            value = lifetime.get(f"latency{quantile.title()}Seconds")
+            if value is not None:
+                self.latency.labels(*key, quantile).set(value)
+        self.replicas.labels(*key).set(len(a.get("replicas") or ()))
+        self.drifted.labels(*key).set(len(a.get("driftedFeatures") or ()))
+
+    def _forget(self, key: tuple[str, str, str]) -> None:
+        for gauge in (self.requests, self.errors, self.replicas, self.drifted):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+        for quantile in self._LATENCIES:
+            with contextlib.suppress(KeyError):
+                self.latency.remove(*key, quantile)
 
 
 class MetricsServer:

@@ -113,7 +113,7 @@ def cmd_run(config: SinkConfig, _args: argparse.Namespace) -> int:
 
     config.require_kafka()
     tune_gc_for_streaming()
-    metrics, health = SinkMetrics(), Health()
+    metrics, health = SinkMetrics(max_versions=config.metrics_max_versions), Health()
     try:
         server = MetricsServer(metrics, health, config.metrics_host, config.metrics_port).start()
     except OSError as exc:
@@ -242,18 +242,19 @@ def cmd_lineage(config: SinkConfig, args: argparse.Namespace) -> int:
 def cmd_report(config: SinkConfig, args: argparse.Namespace) -> int:
     from atlas_sink.catalog.lineage_picture import render_html
     from atlas_sink.catalog.reader import ModelNotFound
-    from atlas_sink.catalog.report import build_report, render_text
+    from atlas_sink.catalog.report import build_report, live_notes, render_text
 
     reader, close = build_reader(config)
     try:
-        report = build_report(reader, args.model, args.cluster, args.version)
+        report = build_report(reader, args.model, args.cluster, args.version, config.stale_windows)
     except ModelNotFound as exc:
         raise _Usage(str(exc)) from None
     finally:
         close()
     if args.picture:
         title = f"Lineage of {args.model} {report.data['version']['version']}"
-        Path(args.picture).write_text(render_html(report.lineage, title), encoding="utf-8")
+        picture = render_html(report.lineage, title, live_notes(report))
+        Path(args.picture).write_text(picture, encoding="utf-8")
         report.data["picture"] = str(Path(args.picture).resolve())
     if args.json:
         print(json.dumps(report.data, indent=2, sort_keys=True, default=str))

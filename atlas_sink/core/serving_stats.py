@@ -1,0 +1,736 @@
+"""Live quality per deployment and model version: every window of every replica merged once. Pure.
+
+A deployment's scoring windows, whichever replica sent them and in whatever order, merge into
+one ``ServingStats`` per (deployment, model version): lifetime counts and latencies from the
+merge of the windows' sketches, hourly rollups over a bounded recent period, the replicas
+heard from, per-feature summaries of the inputs served and, once the version's training
+profile is known, a drift figure per feature against it. Merging is exact for counts and
+sketch buckets, so the figures depend on the set of windows alone; the coalescer applies
+each window once per entity (its producer sequence), which makes them exactly-once.
+
+Everything here is bounded: rollups by their period, replicas and features by count, merged
+sketches by their width (the lowest buckets fold together past ``MAX_BUCKETS``, as DDSketch
+collapses them), so no entity grows without bound. Two of the bounds are the exceptions to
+"the set of windows alone": past ``max_replicas`` instances the longest silent is dropped,
+and if it is heard again its replica figures start over (the lifetime figures keep all of
+it); past ``max_features`` names, the features first heard of later are counted, not kept.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any, NamedTuple
+
+from capture.encoding import micros
+from capture.events import FeatureSketch, FeatureSummary, LogSketch, ScoringStats
+from capture.stats import Sketch, population_stability_index
+
+# Merged sketches keep at most this many buckets; past it the lowest fold into one, which
+# keeps the error bound on every quantile above the folded range (the ones that matter for
+# latency: p50 and up).
+MAX_BUCKETS = 4000
+# Verdicts per feature, and per version (the worst of its features').
+STABLE = "stable"
+SHIFTING = "shifting"
+DRIFTED = "drifted"
+UNKNOWN = "unknown"
+NO_TRAINING_PROFILE = "no training profile"
+_SEVERITY = {UNKNOWN: 0, STABLE: 1, SHIFTING: 2, DRIFTED: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class StatsPolicy:
+    """How live figures are kept and judged (SinkConfig: SINK_ROLLUP_*, SINK_DRIFT_*)."""
+
+    rollup_seconds: int = 3600
+    rollup_period_seconds: int = 48 * 3600
+    # Population stability index: below ``drift_warn`` a feature is stable, from it shifting,
+    # from ``drift_alert`` drifted (the usual reading of PSI: 0.1 and 0.25).
+    drift_warn: float = 0.1
+    drift_alert: float = 0.25
+    max_replicas: int = 64
+    max_features: int = 200
+
+    def verdict(self, psi: float | None) -> str:
+        if psi is None:
+            return UNKNOWN
+        if psi >= self.drift_alert:
+            return DRIFTED
+        return SHIFTING if psi >= self.drift_warn else STABLE
+
+
+class StatsContribution(NamedTuple):
+    """One event's contribution to a (deployment, version)'s live figures: a window from a
+    replica, or the version's training profile from a ModelLoaded."""
+
+    policy: StatsPolicy
+    instance: str = ""
+    host: str = ""
+    window: ScoringStats | None = None
+    training: tuple[FeatureSummary, ...] | None = None
+
+
+class Packed(NamedTuple):
+    """A sketch's bucket counts as one integer, 64 bits a bucket, lowest index lowest: adding
+    two sketches is one addition of integers, done in C whatever their width. Counts never
+    reach 2**64, so no bucket carries into the next. Made once per window, added to several
+    merges (the lifetime, its rollup)."""
+
+    accuracy: float
+    zero: int
+    first: int
+    width: int
+    value: int
+    total: int  # zero + every bucket
+
+    @classmethod
+    def of(cls, sketch: LogSketch) -> Packed:
+        counts = sketch.counts
+        zero = sketch.zero_count
+        return cls(
+            sketch.relative_accuracy,
+            zero,
+            sketch.first_index,
+            len(counts),
+            _pack(counts),
+            zero + sum(counts),
+        )
+
+
+def _pack(counts: Sequence[int]) -> int:
+    return int.from_bytes(array("Q", counts).tobytes(), "little") if counts else 0
+
+
+def _unpack(value: int, width: int) -> list[int]:
+    return array("Q", value.to_bytes(width * 8, "little")).tolist()
+
+
+class Counts:
+    """The merged buckets of many log sketches of one accuracy (``first``: the lowest index)."""
+
+    __slots__ = ("accuracy", "first", "packed", "total", "width", "zero")
+
+    def __init__(
+        self, accuracy: float, zero: int = 0, first: int = 0, counts: Sequence[int] = ()
+    ) -> None:
+        self.accuracy = accuracy
+        self.zero = zero
+        self.first = first
+        self.width = len(counts)
+        self.packed = _pack(counts)
+        self.total = zero + sum(counts)
+
+    @property
+    def counts(self) -> list[int]:
+        return _unpack(self.packed, self.width)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        return (self.accuracy, self.zero, self.first, self.width, self.packed) == (
+            other.accuracy,
+            other.zero,
+            other.first,
+            other.width,
+            other.packed,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def add(self, sketch: LogSketch) -> bool:
+        return self.add_packed(Packed.of(sketch))
+
+    def add_packed(self, incoming: Packed) -> bool:
+        """False when the sketch has another accuracy: its buckets do not line up."""
+        if incoming.accuracy != self.accuracy or self.total + incoming.total >> 63:
+            # Another accuracy's buckets do not line up; and no bucket may reach 2**64 in
+            # its 64 bits, which a total below 2**63 guarantees.
+            return False
+        self.zero += incoming.zero
+        self.total += incoming.total
+        if not incoming.width:
+            return True
+        if not self.width:
+            self.first, self.width, self.packed = incoming.first, incoming.width, incoming.value
+        else:
+            first, last = self.first, self.first + self.width
+            low = incoming.first if incoming.first < first else first
+            end = incoming.first + incoming.width
+            high = end if end > last else last
+            if high - low > MAX_BUCKETS:
+                self._fold_together(incoming, high - MAX_BUCKETS)
+                return True
+            if first > low:
+                self.packed <<= 64 * (first - low)
+            self.packed += incoming.value << 64 * (incoming.first - low)
+            self.first, self.width = low, high - low
+        if self.width > MAX_BUCKETS:
+            self._fold()
+        return True
+
+    def _fold_together(self, incoming: Packed, first: int) -> None:
+        """Both into ``MAX_BUCKETS`` from ``first``, those below it into the lowest: never an
+        integer as wide as the gap between two far-apart sketches."""
+        merged = [0] * MAX_BUCKETS
+        for base, values in (
+            (self.first, self.counts),
+            (incoming.first, _unpack(incoming.value, incoming.width)),
+        ):
+            for k, count in enumerate(values):
+                merged[max(base + k - first, 0)] += count
+        self.first, self.width, self.packed = first, MAX_BUCKETS, _pack(merged)
+
+    def _fold(self) -> None:
+        """Past ``MAX_BUCKETS`` the lowest buckets fold into one; the error bound holds for
+        every quantile above them. (Validated sketches span at most a few thousand indexes
+        at the accuracies emitters use, so the integer stays small before it folds.)"""
+        counts = self.counts
+        excess = self.width - MAX_BUCKETS
+        folded = sum(counts[: excess + 1])
+        kept = counts[excess:]
+        kept[0] = folded
+        self.first += excess
+        self.width = len(kept)
+        self.packed = _pack(kept)
+
+    def to_event(self) -> LogSketch:
+        return LogSketch(
+            relative_accuracy=self.accuracy,
+            zero_count=self.zero,
+            first_index=self.first,
+            counts=self.counts,
+        )
+
+    def quantiles(self, qs: Sequence[float]) -> list[float] | None:
+        """As ``capture.stats.Sketch.quantile`` reads them, from the dense counts in one
+        cumulative pass (a merged sketch is read on every write of its entity)."""
+        if not self.total:
+            return None
+        sketch = Sketch(self.accuracy)
+        cumulative = list(accumulate(self.counts, initial=self.zero))
+        out = []
+        for q in qs:
+            rank = int(q * (self.total - 1))
+            if rank < self.zero:
+                out.append(0.0)
+                continue
+            # cumulative[k + 1] counts the values up to bucket first + k.
+            k = bisect_right(cumulative, rank) - 1
+            out.append(sketch.bucket_value(self.first + min(k, self.width - 1)))
+        return out
+
+    def copy(self) -> Counts:
+        copied = Counts(self.accuracy, self.zero, self.first)
+        copied.width, copied.packed, copied.total = self.width, self.packed, self.total
+        return copied
+
+    def to_state(self) -> list[Any]:
+        return [self.accuracy, self.zero, self.first, self.counts]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any]) -> Counts:
+        accuracy, zero, first, counts = state
+        return cls(float(accuracy), int(zero), int(first), [int(c) for c in counts])
+
+
+class Distribution(NamedTuple):
+    """A numeric feature's signed distribution (the contract's FeatureSketch), merged."""
+
+    positive: Counts
+    negative: Counts
+
+    def add(self, sketch: FeatureSketch) -> bool:
+        if sketch.negative.relative_accuracy != self.positive.accuracy:
+            return False
+        return self.positive.add(sketch.positive) and self.negative.add(sketch.negative)
+
+    def to_event(self) -> FeatureSketch:
+        return FeatureSketch(positive=self.positive.to_event(), negative=self.negative.to_event())
+
+    def copy(self) -> Distribution:
+        return Distribution(self.positive.copy(), self.negative.copy())
+
+    @classmethod
+    def of(cls, sketch: FeatureSketch) -> Distribution:
+        accuracy = sketch.positive.relative_accuracy
+        merged = cls(Counts(accuracy), Counts(accuracy))
+        merged.add(sketch)
+        return merged
+
+
+@dataclass(slots=True)
+class FeatureStats:
+    """One feature's values over many windows (or over the training data)."""
+
+    count: int = 0
+    nulls: int = 0
+    low: float | None = None
+    high: float | None = None
+    total: list[float] = field(default_factory=list)  # sum of the non-null numbers (exact)
+    numeric: int = 0  # how many numbers ``total`` sums
+    distribution: Distribution | None = None
+    # Windows whose distribution could not merge (another sketch accuracy): counted, not lost.
+    unmerged: int = 0
+
+    def add(self, summary: FeatureSummary) -> None:
+        self.count += summary.count
+        self.nulls += summary.null_count
+        if summary.min is not None:
+            self.low = summary.min if self.low is None else min(self.low, summary.min)
+        if summary.max is not None:
+            self.high = summary.max if self.high is None else max(self.high, summary.max)
+        if summary.mean is not None:
+            numbers = summary.count - summary.null_count
+            _grow(self.total, summary.mean * numbers)
+            self.numeric += numbers
+        sketch = summary.distribution
+        if sketch is None:
+            return
+        if self.distribution is None:
+            self.distribution = Distribution.of(sketch)
+        elif not self.distribution.add(sketch):
+            self.unmerged += 1
+
+    @property
+    def mean(self) -> float | None:
+        return math.fsum(self.total) / self.numeric if self.numeric else None
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        known = {
+            "Count": float(self.count),
+            "Nulls": float(self.nulls),
+            "Min": self.low,
+            "Max": self.high,
+            "Mean": self.mean,
+        }
+        return {f"{prefix}{k}": v for k, v in known.items() if v is not None}
+
+    def copy(self) -> FeatureStats:
+        return FeatureStats(
+            self.count,
+            self.nulls,
+            self.low,
+            self.high,
+            list(self.total),
+            self.numeric,
+            self.distribution.copy() if self.distribution else None,
+            self.unmerged,
+        )
+
+    def to_state(self) -> list[Any]:
+        dist = self.distribution
+        return [
+            self.count,
+            self.nulls,
+            self.low,
+            self.high,
+            self.total,
+            self.numeric,
+            [dist.positive.to_state(), dist.negative.to_state()] if dist else None,
+            self.unmerged,
+        ]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any]) -> FeatureStats:
+        count, nulls, low, high, total, numeric, dist, unmerged = state
+        return cls(
+            int(count),
+            int(nulls),
+            low,
+            high,
+            [float(x) for x in total],
+            int(numeric),
+            Distribution(Counts.from_state(dist[0]), Counts.from_state(dist[1])) if dist else None,
+            int(unmerged),
+        )
+
+    @classmethod
+    def of(cls, summary: FeatureSummary) -> FeatureStats:
+        stats = cls()
+        stats.add(summary)
+        return stats
+
+
+@dataclass(slots=True)
+class Window:
+    """Counts and latency of many windows: a lifetime, or one rollup period."""
+
+    requests: int = 0
+    errors: int = 0
+    latency: Counts | None = None
+    low: float | None = None
+    high: float | None = None
+    # Picoseconds over the timed requests the sketch holds: an integer, so the sum (and the
+    # mean) is the same whatever order windows are added in.
+    latency_picos: int = 0
+    unmerged: int = 0
+    # latency_seconds() until the next add: a rollup's figures are drawn on every write of
+    # its entity, but change only when a window of its period comes.
+    figures: dict[str, float] | None = field(default=None, compare=False)
+
+    def add(self, stats: ScoringStats, packed: Packed) -> None:
+        """``packed``: the window's latency buckets."""
+        self.figures = None
+        self.requests += stats.request_count
+        self.errors += stats.error_count
+        timed = packed.total
+        if not timed:
+            return
+        if self.latency is None:
+            self.latency = Counts(packed.accuracy)
+        if not self.latency.add_packed(packed):
+            self.unmerged += 1
+            return
+        latency = stats.latency
+        low, high = self.low, self.high
+        if low is None or latency.min < low:
+            self.low = latency.min
+        if high is None or latency.max > high:
+            self.high = latency.max
+        self.latency_picos += round(latency.mean * timed * 1e12)
+
+    def latency_seconds(self) -> dict[str, float]:
+        """Known latencies only: a period whose requests were all untimed has none."""
+        if self.figures is None:
+            self.figures = self._latency_seconds()
+        return dict(self.figures)
+
+    def _latency_seconds(self) -> dict[str, float]:
+        quantiles = self.latency.quantiles((0.5, 0.95, 0.99)) if self.latency else None
+        if quantiles is None or self.low is None or self.high is None or self.latency is None:
+            return {}
+        p50, p95, p99 = quantiles
+        return {
+            "min": self.low,
+            "mean": self.latency_picos / 1e12 / self.latency.total,
+            "p50": p50,
+            "p95": p95,
+            "p99": p99,
+            "max": self.high,
+        }
+
+    def copy(self) -> Window:
+        return Window(
+            self.requests,
+            self.errors,
+            self.latency.copy() if self.latency else None,
+            self.low,
+            self.high,
+            self.latency_picos,
+            self.unmerged,
+            self.figures,
+        )
+
+    def to_state(self) -> list[Any]:
+        return [
+            self.requests,
+            self.errors,
+            self.latency.to_state() if self.latency else None,
+            self.low,
+            self.high,
+            self.latency_picos,
+            self.unmerged,
+        ]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any]) -> Window:
+        requests, errors, latency, low, high, picos, unmerged = state
+        return cls(
+            int(requests),
+            int(errors),
+            Counts.from_state(latency) if latency else None,
+            low,
+            high,
+            int(picos),
+            int(unmerged),
+        )
+
+
+class Replica(NamedTuple):
+    """One emitter instance serving the version: who, and when it was heard from."""
+
+    host: str
+    first_heard: int  # microseconds: start of its first window
+    last_heard: int  # end of its newest window
+    requests: int
+    window_micros: int  # length of its newest window
+
+
+@dataclass(slots=True)
+class ServingStats:
+    """The live figures of one model version on one deployment (see the module's doc)."""
+
+    lifetime: Window = field(default_factory=Window)
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
+    first_start: int = 0  # microseconds; 0 until a window is merged
+    last_end: int = 0
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    rollup_micros: int = 0  # the span the rollups were kept with
+    rollups: dict[int, Window] = field(default_factory=dict)  # by period start, microseconds
+    oldest_period: int = 0  # min(rollups), kept so that a window need not scan them
+    features: dict[str, FeatureStats] = field(default_factory=dict)
+    features_dropped: int = 0
+    training: dict[str, FeatureStats] | None = None
+    training_at: int = 0  # event time of the ModelLoaded the profile came from
+    # The policy of the newest contribution: what the figures are judged and kept by.
+    policy: StatsPolicy = field(default_factory=StatsPolicy)
+
+    def apply(self, contribution: StatsContribution, event_micros: int) -> None:
+        self.policy = contribution.policy
+        if contribution.window is not None:
+            self._merge(contribution)
+        if contribution.training is not None and event_micros >= self.training_at:
+            # The newest load's profile: a version reloaded from a retrained artifact says so.
+            self.training = {f.name: FeatureStats.of(f) for f in contribution.training}
+            self.training_at = event_micros
+
+    def _merge(self, contribution: StatsContribution) -> None:
+        window = contribution.window
+        assert window is not None
+        policy = contribution.policy
+        start = micros(window.window_start)
+        end = micros(window.window_end)
+        packed = Packed.of(window.latency.sketch)
+        self.lifetime.add(window, packed)
+        for kind, count in window.errors_by_kind.items():
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
+        self.windows += 1
+        if not self.first_start or start < self.first_start:
+            self.first_start = start
+        if end > self.last_end:
+            self.last_end = end
+        self._heard(contribution, start, end, window.request_count)
+        self._roll_up(policy, start, window, packed)
+        for summary in window.features:
+            feature = self.features.get(summary.name)
+            if feature is None:
+                if len(self.features) >= policy.max_features:
+                    self.features_dropped += 1
+                    continue
+                feature = self.features[summary.name] = FeatureStats()
+            feature.add(summary)
+
+    def _heard(self, contribution: StatsContribution, start: int, end: int, requests: int) -> None:
+        instance = contribution.instance
+        known = self.replicas.get(instance)
+        if known is None:
+            self.replicas[instance] = Replica(contribution.host, start, end, requests, end - start)
+        elif end >= known.last_heard:
+            self.replicas[instance] = Replica(
+                contribution.host,
+                start if start < known.first_heard else known.first_heard,
+                end,
+                known.requests + requests,
+                end - start,
+            )
+        else:
+            self.replicas[instance] = known._replace(
+                first_heard=start if start < known.first_heard else known.first_heard,
+                requests=known.requests + requests,
+            )
+        limit = contribution.policy.max_replicas
+        if len(self.replicas) > limit:
+            # The longest silent go first; their requests stay in the lifetime figures.
+            kept = sorted(self.replicas, key=lambda i: (self.replicas[i].last_heard, i))[-limit:]
+            self.replicas = {i: self.replicas[i] for i in kept}
+
+    def _roll_up(
+        self, policy: StatsPolicy, start: int, window: ScoringStats, packed: Packed
+    ) -> None:
+        span = policy.rollup_seconds * 1_000_000
+        if span != self.rollup_micros:
+            # Kept with another span: those periods cannot be cut into this one's.
+            self.rollups = {}
+            self.rollup_micros = span
+        # Periods older than the bounded recent period are not kept, judged from the newest
+        # window merged: whatever order windows come in, the same periods remain.
+        cutoff = self.last_end - policy.rollup_period_seconds * 1_000_000
+        period = start - start % span
+        if period + span > cutoff:
+            rollup = self.rollups.get(period)
+            if rollup is None:
+                rollup = self.rollups[period] = Window()
+                if len(self.rollups) == 1 or period < self.oldest_period:
+                    self.oldest_period = period
+            rollup.add(window, packed)
+        if self.rollups and self.oldest_period + span <= cutoff:
+            for old in [p for p in self.rollups if p + span <= cutoff]:
+                del self.rollups[old]
+            self.oldest_period = min(self.rollups, default=0)
+
+    # -- what it says --------------------------------------------------------------------------
+
+    def drift(self) -> list[dict[str, Any]]:
+        """Per feature served: its serving and training figures, PSI and verdict."""
+        policy = self.policy
+        out = []
+        training = self.training or {}
+        for name in sorted(set(self.features) | set(training)):
+            serving = self.features.get(name)
+            trained = training.get(name)
+            figures: dict[str, float] = {}
+            if serving is not None:
+                figures.update(serving.figures("serving"))
+            if trained is not None:
+                figures.update(trained.figures("training"))
+            psi = None
+            if self.training is None:
+                verdict = NO_TRAINING_PROFILE
+            else:
+                psi = _psi(trained, serving)
+                verdict = policy.verdict(psi)
+            if psi is not None:
+                figures["psi"] = psi
+            out.append({"name": name, "verdict": verdict, "figures": figures})
+        return out
+
+    def to_attributes(self) -> dict[str, Any]:
+        """For reviewers, bounded: only what is known (Atlas reads an unwritten number as 0)."""
+        attributes: dict[str, Any] = {}
+        if self.windows:
+            life = self.lifetime
+            lifetime: dict[str, float] = {
+                "requests": float(life.requests),
+                "errors": float(life.errors),
+                "windows": float(self.windows),
+            }
+            if life.requests:
+                lifetime["errorRate"] = life.errors / life.requests
+            for name, value in life.latency_seconds().items():
+                lifetime[f"latency{name.title()}Seconds"] = value
+            attributes["lifetime"] = lifetime
+            attributes["errorsByKind"] = dict(sorted(self.errors_by_kind.items()))
+            attributes["firstWindowStart"] = self.first_start // 1000
+            attributes["lastWindowEnd"] = self.last_end // 1000
+            attributes["replicas"] = [
+                {
+                    "instance": instance,
+                    "host": r.host,
+                    "firstHeard": r.first_heard // 1000,
+                    "lastHeard": r.last_heard // 1000,
+                    "requests": r.requests,
+                    "windowSeconds": r.window_micros / 1_000_000,
+                }
+                for instance, r in sorted(self.replicas.items())
+            ]
+            span = self.rollup_micros
+            attributes["rollups"] = [
+                {
+                    "start": period // 1000,
+                    "end": (period + span) // 1000,
+                    "requests": w.requests,
+                    "errors": w.errors,
+                    "latencySeconds": w.latency_seconds(),
+                }
+                for period, w in sorted(self.rollups.items())
+            ]
+        features = self.drift()
+        if features:
+            attributes["features"] = features
+            verdicts = [f["verdict"] for f in features]
+            attributes["driftVerdict"] = (
+                NO_TRAINING_PROFILE
+                if self.training is None
+                else max(verdicts, key=lambda v: _SEVERITY.get(v, 0))
+            )
+            attributes["driftedFeatures"] = sorted(
+                f["name"] for f in features if f["verdict"] == DRIFTED
+            )
+        return attributes
+
+    def copy(self) -> ServingStats:
+        return ServingStats(
+            self.lifetime.copy(),
+            dict(self.errors_by_kind),
+            self.windows,
+            self.first_start,
+            self.last_end,
+            dict(self.replicas),
+            self.rollup_micros,
+            {p: w.copy() for p, w in self.rollups.items()},
+            self.oldest_period,
+            {n: f.copy() for n, f in self.features.items()},
+            self.features_dropped,
+            {n: f.copy() for n, f in self.training.items()} if self.training is not None else None,
+            self.training_at,
+            self.policy,
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "lifetime": self.lifetime.to_state(),
+            "errorsByKind": self.errors_by_kind,
+            "windows": self.windows,
+            "firstStart": self.first_start,
+            "lastEnd": self.last_end,
+            "replicas": {i: list(r) for i, r in self.replicas.items()},
+            "rollupMicros": self.rollup_micros,
+            "rollups": {str(p): w.to_state() for p, w in self.rollups.items()},
+            "features": {n: f.to_state() for n, f in self.features.items()},
+            "featuresDropped": self.features_dropped,
+            "training": (
+                {n: f.to_state() for n, f in self.training.items()}
+                if self.training is not None
+                else None
+            ),
+            "trainingAt": self.training_at,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ServingStats:
+        training = state.get("training")
+        return cls(
+            Window.from_state(state["lifetime"]),
+            {k: int(v) for k, v in state["errorsByKind"].items()},
+            int(state["windows"]),
+            int(state["firstStart"]),
+            int(state["lastEnd"]),
+            {i: Replica(str(r[0]), *map(int, r[1:])) for i, r in state["replicas"].items()},
+            int(state["rollupMicros"]),
+            {int(p): Window.from_state(w) for p, w in state["rollups"].items()},
+            min((int(p) for p in state["rollups"]), default=0),
+            {n: FeatureStats.from_state(f) for n, f in state["features"].items()},
+            int(state["featuresDropped"]),
+            (
+                {n: FeatureStats.from_state(f) for n, f in training.items()}
+                if training is not None
+                else None
+            ),
+            int(state["trainingAt"]),
+        )
+
+
+def _grow(partials: list[float], value: float) -> None:
+    """Add ``value`` to an exact sum kept as non-overlapping floats (Shewchuk's algorithm,
+    as ``math.fsum`` runs it): ``math.fsum(partials)`` is then the correctly rounded total,
+    the same whatever order the values came in, so a replay's means equal the live run's."""
+    if not math.isfinite(value):
+        return
+    count = 0
+    for partial in partials:
+        if abs(value) < abs(partial):
+            value, partial = partial, value
+        high = value + partial
+        low = partial - (high - value)
+        if low:
+            partials[count] = low
+            count += 1
+        value = high
+    partials[count:] = [value]
+
+
+def _psi(training: FeatureStats | None, serving: FeatureStats | None) -> float | None:
+    if training is None or serving is None:
+        return None
+    if training.distribution is None or serving.distribution is None:
+        return None
+    psi = population_stability_index(
+        training.distribution.to_event(), serving.distribution.to_event()
+    )
+    return None if psi is None or not math.isfinite(psi) else psi

@@ -1,0 +1,325 @@
+"""Live figures per (deployment, version): every window of every replica merged exactly once,
+in any arrival order, with rollups and replicas bounded. Pure: translate + coalesce, no I/O.
+
+The expected figures are computed here directly from the distinct windows sent (sums, and one
+sketch merged bucket by bucket), not through the sink's merging code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atlas_sink.core import naming
+from atlas_sink.core.coalesce import coalesce
+from atlas_sink.core.entities import Entity, EntityState, Ref
+from atlas_sink.core.serving_stats import MAX_BUCKETS, Counts, StatsPolicy
+from atlas_sink.core.translate import SERVING_STATS, Rules, translate
+from capture.events import (
+    Deployment,
+    Envelope,
+    LatencySummary,
+    LogSketch,
+    ModelEvent,
+    ModelIdentity,
+    Producer,
+    ScoringStats,
+)
+from capture.stats import Sketch
+from tests.conftest import T0
+
+CLUSTER = "local"
+SERVER = "wine-scorer"
+
+
+def _window(
+    rng: random.Random, start_s: int, length_s: int = 60, *, timed: bool = True
+) -> ScoringStats:
+    latencies = [rng.lognormvariate(math.log(0.005), 0.6) for _ in range(rng.randint(5, 60))]
+    sketch = Sketch()
+    if timed:
+        sketch.add_many(latencies)
+    requests = len(latencies)
+    errors = rng.randint(0, requests // 4)
+    start = T0 + timedelta(seconds=start_s)
+    return ScoringStats(
+        window_start=start,
+        window_end=start + timedelta(seconds=length_s),
+        request_count=requests,
+        error_count=errors,
+        errors_by_kind={"timeout": errors} if errors else {},
+        latency=LatencySummary(
+            min=min(latencies) if timed else 0.0,
+            max=max(latencies) if timed else 0.0,
+            mean=sum(latencies) / requests if timed else 0.0,
+            p50=sketch.quantile(0.5) if timed else 0.0,
+            p95=sketch.quantile(0.95) if timed else 0.0,
+            p99=sketch.quantile(0.99) if timed else 0.0,
+            sketch=sketch.to_event(),
+        ),
+    )
+
+
+def _event(instance: str, sequence: int, version: str, window: ScoringStats) -> ModelEvent:
+    return ModelEvent(
+        envelope=Envelope(
+            event_id=f"{instance}-{sequence}",
+            event_time=window.window_end,
+            producer=Producer(
+                emitter_name="test",
+                emitter_version="0",
+                host=f"host-{instance}",
+                pid=1,
+                instance_id=instance,
+            ),
+            sequence=sequence,
+            deployment=Deployment(server_kind="python", server_name=SERVER, cluster=CLUSTER),
+            model=ModelIdentity(name="wine", version=version),
+        ),
+        payload=window,
+    )
+
+
+def _fleet(seed: int, replicas: int = 3, windows: int = 8) -> list[ModelEvent]:
+    """Each replica serves version 1, then version 2; one window a minute, one sequence each."""
+    rng = random.Random(seed)
+    events = []
+    for r in range(replicas):
+        instance = f"replica-{r}"
+        for w in range(windows):
+            version = "1" if w < windows // 2 else "2"
+            events.append(_event(instance, w + 1, version, _window(rng, 60 * w + r)))
+    return events
+
+
+def _apply(
+    events: Iterable[ModelEvent],
+    batch_size: int,
+    rules: Rules | None = None,
+    *,
+    round_trip: bool = True,
+) -> dict[Ref, Entity]:
+    """Translate and coalesce in batches, states carried over as a catalog holds them (read
+    back from the attributes written, as the pipeline does) or, without ``round_trip``, as
+    the objects the coalescer returned."""
+    rules = rules or Rules()
+    states: dict[Ref, EntityState] = {}
+    entities: dict[Ref, Entity] = {}
+    pending = list(events)
+    for first in range(0, len(pending), batch_size):
+        updates = [u for e in pending[first : first + batch_size] for u in translate(e, rules)]
+        needed = {u.ref for u in updates if u.key is not None}
+        if round_trip:
+            states = {
+                ref: EntityState.from_attributes(entities[ref].attributes)
+                for ref in needed
+                if ref in entities
+            }
+        stored = {ref: states.get(ref) or EntityState() for ref in needed}
+        result = coalesce(updates, stored)
+        for entity in result.entities:
+            held = entities.get(entity.ref)
+            if held is None:
+                entities[entity.ref] = entity
+            else:
+                held.attributes.update(entity.attributes)
+                held.references.update(entity.references)
+        states.update(result.states)
+    return entities
+
+
+def _expected(windows: Sequence[ScoringStats]) -> dict[str, float]:
+    merged: dict[int, int] = {}
+    zero = 0
+    for w in windows:
+        sketch = w.latency.sketch
+        zero += sketch.zero_count
+        for k, count in enumerate(sketch.counts):
+            merged[sketch.first_index + k] = merged.get(sketch.first_index + k, 0) + count
+    direct = Sketch()
+    direct.buckets = {i: c for i, c in merged.items() if c}
+    direct.zero_count = zero
+    direct.count = zero + sum(merged.values())
+    requests = sum(w.request_count for w in windows)
+    errors = sum(w.error_count for w in windows)
+    timed = [w for w in windows if w.latency.sketch.counts]
+    weights = [sum(w.latency.sketch.counts) for w in timed]
+    return {
+        "requests": requests,
+        "errors": errors,
+        "windows": len(windows),
+        "errorRate": errors / requests,
+        "latencyMinSeconds": min(w.latency.min for w in timed),
+        "latencyMaxSeconds": max(w.latency.max for w in timed),
+        "latencyMeanSeconds": sum(w.latency.mean * n for w, n in zip(timed, weights, strict=True))
+        / sum(weights),
+        "latencyP50Seconds": direct.quantile(0.5),
+        "latencyP95Seconds": direct.quantile(0.95),
+        "latencyP99Seconds": direct.quantile(0.99),
+    }
+
+
+def _stats_entity(entities: dict[Ref, Entity], version: str) -> Entity:
+    return entities[Ref(SERVING_STATS, naming.serving_stats(SERVER, "wine", version, CLUSTER))]
+
+
+def _assert_figures(entity: Entity, windows: Sequence[ScoringStats]) -> None:
+    lifetime = entity.attributes["lifetime"]
+    expected = _expected(windows)
+    assert set(lifetime) == set(expected)
+    for name, value in expected.items():
+        # Exact for counts, extremes and sketch quantiles; the sink sums latencies in whole
+        # picoseconds (so its mean is the same in any order), this test in floats.
+        tolerance = 1e-9 if name == "latencyMeanSeconds" else 1e-15
+        assert math.isclose(lifetime[name], value, rel_tol=tolerance), (name, lifetime[name], value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    order=st.randoms(use_true_random=False),
+    duplicates=st.lists(st.integers(0, 47), max_size=12),
+    batch_size=st.integers(1, 30),
+)
+def test_every_window_of_every_replica_is_merged_once_in_any_order(
+    seed: int, order: random.Random, duplicates: list[int], batch_size: int
+) -> None:
+    sent = _fleet(seed)
+    arrivals = sent + [sent[i % len(sent)] for i in duplicates]
+    order.shuffle(arrivals)
+    entities = _apply(arrivals, batch_size)
+    for version in ("1", "2"):
+        windows = [
+            e.payload
+            for e in sent
+            if e.envelope.model.version == version and isinstance(e.payload, ScoringStats)
+        ]
+        entity = _stats_entity(entities, version)
+        _assert_figures(entity, windows)
+        replicas = {r["instance"]: r for r in entity.attributes["replicas"]}
+        assert sorted(replicas) == ["replica-0", "replica-1", "replica-2"]
+        for instance, replica in replicas.items():
+            own = [
+                e.payload
+                for e in sent
+                if e.envelope.producer.instance_id == instance
+                and e.envelope.model.version == version
+                and isinstance(e.payload, ScoringStats)
+            ]
+            assert replica["requests"] == sum(w.request_count for w in own)
+            assert replica["host"] == f"host-{instance}"
+            assert replica["firstHeard"] == min(w.window_start for w in own).timestamp() * 1000
+            assert replica["lastHeard"] == max(w.window_end for w in own).timestamp() * 1000
+            assert replica["windowSeconds"] == 60
+
+
+def test_the_figures_are_those_of_a_single_batch_in_order() -> None:
+    """Arrival order and batching change nothing: the attributes are equal, not merely close."""
+    sent = _fleet(7)
+    in_order = _apply(sent, len(sent))
+    shuffled = list(sent)
+    random.Random(3).shuffle(shuffled)
+    other = _apply(shuffled + shuffled[:5], 4)
+    for version in ("1", "2"):
+        a = _stats_entity(in_order, version).attributes
+        b = _stats_entity(other, version).attributes
+        for name in ("replicas", "rollups", "errorsByKind", "firstWindowStart", "lastWindowEnd"):
+            assert a[name] == b[name], name
+        for name in ("requests", "errors", "windows", "latencyP50Seconds", "latencyP99Seconds"):
+            assert a["lifetime"][name] == b["lifetime"][name], name
+
+
+def test_rollups_cover_their_period_and_only_the_recent_past() -> None:
+    rng = random.Random(1)
+    # Windows every 20 minutes over 5 hours from two replicas, rollups of an hour kept 2 hours.
+    events = [
+        _event(f"r{r}", n + 1, "1", _window(rng, 1200 * n + r)) for r in range(2) for n in range(15)
+    ]
+    policy = StatsPolicy(rollup_seconds=3600, rollup_period_seconds=7200)
+    reversed_order = list(reversed(events))
+    for arrivals in (events, reversed_order):
+        entity = _stats_entity(_apply(arrivals, 7, Rules(stats=policy)), "1")
+        rollups = entity.attributes["rollups"]
+        newest_end = max(
+            e.payload.window_end for e in events if isinstance(e.payload, ScoringStats)
+        )
+        cutoff_ms = (newest_end.timestamp() - 7200) * 1000
+        assert rollups, "no rollup kept"
+        assert all(r["end"] > cutoff_ms for r in rollups)
+        assert all(r["end"] - r["start"] == 3_600_000 for r in rollups)
+        for rollup in rollups:
+            inside = [
+                e.payload
+                for e in events
+                if isinstance(e.payload, ScoringStats)
+                and rollup["start"] <= e.payload.window_start.timestamp() * 1000 < rollup["end"]
+            ]
+            assert rollup["requests"] == sum(w.request_count for w in inside)
+            assert rollup["errors"] == sum(w.error_count for w in inside)
+            assert rollup["latencySeconds"]["p99"] == _expected(inside)["latencyP99Seconds"]
+        # The lifetime keeps every window, pruned periods included.
+        windows = [e.payload for e in events if isinstance(e.payload, ScoringStats)]
+        assert entity.attributes["lifetime"]["requests"] == sum(w.request_count for w in windows)
+
+
+def test_a_period_whose_requests_were_all_untimed_has_no_latency() -> None:
+    rng = random.Random(2)
+    entity = _stats_entity(_apply([_event("r", 1, "1", _window(rng, 0, timed=False))], 1), "1")
+    lifetime = entity.attributes["lifetime"]
+    assert lifetime["requests"] > 0
+    assert not any(name.startswith("latency") for name in lifetime)
+    assert entity.attributes["rollups"][0]["latencySeconds"] == {}
+
+
+def test_replicas_are_bounded_keeping_the_most_recently_heard() -> None:
+    rng = random.Random(4)
+    policy = StatsPolicy(max_replicas=3)
+    events = [_event(f"r{n}", 1, "1", _window(rng, 60 * n)) for n in range(6)]
+    random.Random(5).shuffle(events)
+    entity = _stats_entity(_apply(events, 2, Rules(stats=policy)), "1")
+    assert [r["instance"] for r in entity.attributes["replicas"]] == ["r3", "r4", "r5"]
+    windows = [e.payload for e in events if isinstance(e.payload, ScoringStats)]
+    assert entity.attributes["lifetime"]["requests"] == sum(w.request_count for w in windows)
+
+
+def test_the_state_survives_being_written_and_read_back() -> None:
+    """A restarted sink reads its sketches back from the catalog and merges on as if it had
+    never stopped: one batch per event makes every merge go through the round trip."""
+    sent = _fleet(11)
+    kept = _apply(sent, 1, round_trip=False)
+    read_back = _apply(sent, 1)
+    for version in ("1", "2"):
+        a = _stats_entity(kept, version).attributes
+        b = _stats_entity(read_back, version).attributes
+        assert a == b
+
+
+def test_merged_sketches_stay_bounded() -> None:
+    counts = Counts(0.01)
+    counts.add(LogSketch(relative_accuracy=0.01, first_index=-3000, counts=[1] * 10))
+    counts.add(LogSketch(relative_accuracy=0.01, first_index=3000, counts=[2] * 10))
+    assert len(counts.counts) == MAX_BUCKETS
+    assert counts.total == 30
+    # The lowest buckets folded together; the highest kept apart.
+    assert counts.counts[-10:] == [2] * 10
+
+
+def test_a_sketch_of_another_accuracy_is_counted_not_merged() -> None:
+    rng = random.Random(6)
+    first = _window(rng, 0)
+    coarse = Sketch(0.05)
+    coarse.add_many([0.01, 0.02])
+    other = dataclasses.replace(
+        _window(rng, 60), latency=dataclasses.replace(first.latency, sketch=coarse.to_event())
+    )
+    entity = _stats_entity(_apply([_event("r", 1, "1", first), _event("r", 2, "1", other)], 2), "1")
+    lifetime: dict[str, Any] = entity.attributes["lifetime"]
+    assert lifetime["requests"] == first.request_count + other.request_count
+    assert lifetime["latencyP99Seconds"] == _expected([first])["latencyP99Seconds"]
