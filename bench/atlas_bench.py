@@ -213,6 +213,8 @@ def _freshness(
     client: Any, bootstrap: str, hook_topic: str, target: str, deployments: int, rate: float
 ) -> Figure:
     from atlas_sink.core import naming
+    from atlas_sink.core.entities import Ref
+    from atlas_sink.core.translate import SERVING_STATS
     from atlas_sink.kafka.consumer import SinkConsumer
     from atlas_sink.runtime.config import load_config
     from atlas_sink.service import wiring
@@ -237,7 +239,8 @@ def _freshness(
             "atlas_hook_topic": hook_topic,
         },
     )
-    probe = naming.deployment("fresh", atlas_freshness.PROBE, cluster)
+    # The probe's live figures: where the sink writes its windows.
+    probe = Ref(SERVING_STATS, naming.serving_stats("fresh", atlas_freshness.PROBE, "1", cluster))
 
     def run_sink(stop: Any) -> None:
         sink_target = wiring.build_target(config)
@@ -248,8 +251,8 @@ def _freshness(
             sink_target.close()
 
     def probe_window_end() -> int | None:
-        found = client.attributes_of([_deployment_ref(probe)], ["latestWindow"])
-        window = (found.get(_deployment_ref(probe)) or {}).get("latestWindow")
+        found = client.attributes_of([probe], ["latestWindow"])
+        window = (found.get(probe) or {}).get("latestWindow")
         return None if not window else int(window["attributes"]["end"])
 
     run = atlas_freshness.measure(
@@ -276,10 +279,3 @@ def _freshness(
             "batch_max_wait_seconds": config.batch_max_wait_seconds,
         },
     )
-
-
-def _deployment_ref(qualified_name: str) -> Any:
-    from atlas_sink.core.entities import Ref
-    from atlas_sink.core.translate import DEPLOYMENT
-
-    return Ref(DEPLOYMENT, qualified_name)

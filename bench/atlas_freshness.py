@@ -4,7 +4,8 @@ Atlas, with the whole sink (consumer, pipeline, target) running at a steady even
 A producer thread sends ScoringStats for N deployments at a fixed rate, each deployment with
 its own emitter instance and sequence, keyed by model as the emitter keys them. One more
 deployment, the probe, gets a window every PROBE_INTERVAL whose ``window_end`` is the moment
-it was sent; a poller reads the probe from Atlas and, when its ``latestWindow.end`` changes,
+it was sent; a poller reads the probe's live figures (its version's ``servemeta_serving_stats``)
+from Atlas and, when their ``latestWindow.end`` changes,
 records how old every probe window sent up to that one is (a window the sink coalesced into
 a newer one is fresh when the newer one shows). The probe rides in the same batches and
 writes as the load, so its age is what any deployment's freshness is. The p99 over every
@@ -101,7 +102,7 @@ def measure(
     probe_window_end: Callable[[], int | None],
 ) -> Run:
     """``run_sink(stop)`` runs the sink until ``stop`` is set; ``probe_window_end()`` reads
-    the probe deployment's ``latestWindow.end`` (epoch ms) from Atlas, None while absent."""
+    the probe's ``latestWindow.end`` (epoch ms) from Atlas, None while absent."""
     from confluent_kafka import Producer as KafkaProducer
 
     producer = KafkaProducer(

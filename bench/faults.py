@@ -42,8 +42,8 @@ if str(REPO) not in sys.path:  # run as a script: python bench/faults.py
     sys.path.insert(0, str(REPO))
 
 from atlas_sink.core import naming  # noqa: E402
-from atlas_sink.core.entities import LIFETIME_TOTALS  # noqa: E402
-from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE  # noqa: E402
+from atlas_sink.core.entities import Ref  # noqa: E402
+from atlas_sink.core.translate import SERVING_STATS  # noqa: E402
 from capture.config import EmitterConfig  # noqa: E402
 from capture.dataschema import data_schema  # noqa: E402
 from capture.emitter import Emitter, EmitterStats  # noqa: E402
@@ -487,20 +487,23 @@ def differences(live: list[Row], reference: list[Row], limit: int = 5) -> list[s
     return found[:limit]
 
 
-def _total(attributes: dict[str, Any], name: str) -> int:
-    return int((attributes.get(LIFETIME_TOTALS) or {}).get(name) or 0)
-
-
 def totals(path: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """Lifetime requests and errors per deployment qualifiedName."""
+    """Lifetime requests and errors per deployment qualifiedName: the sums over the live
+    figures of the versions each served."""
     from atlas_sink.targets.local import LocalCatalog
 
     with LocalCatalog(path) as catalog:
-        deployments = catalog.find(DEPLOYMENT_TYPE)
-    return (
-        {d.qualified_name: _total(d.attributes, "requests") for d in deployments},
-        {d.qualified_name: _total(d.attributes, "errors") for d in deployments},
-    )
+        figures = catalog.find(SERVING_STATS)
+    requests: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for entity in figures:
+        deployment = entity.references["deployment"]
+        assert isinstance(deployment, Ref)
+        lifetime = entity.attributes.get("lifetime") or {}
+        key = deployment.qualified_name
+        requests[key] = requests.get(key, 0) + int(lifetime.get("requests") or 0)
+        errors[key] = errors.get(key, 0) + int(lifetime.get("errors") or 0)
+    return requests, errors
 
 
 def reference(bootstrap: str, topic: str, path: Path) -> dict[str, Any]:

@@ -767,9 +767,14 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     assert attributes["cluster"] == demo.cluster
     assert (attributes["language"], attributes["languageVersion"]) == ("python", "3.11")
     assert (attributes["host"], attributes["replicas"]) == ("h1", 2)
+    # The live figures are the version's, on its own entity beside the deployment.
+    figures = atlas.must(SERVING_STATS, naming.serving_stats(SERVER, "wine", "1", demo.cluster))
+    linked = deployment["relationshipAttributes"]["versionStats"]
+    assert [r["guid"] for r in linked] == [figures["guid"]]
+    assert figures["attributes"]["version"] == "1"
     last_requests, last_errors = WINDOWS[-1]
     last_start = T0 + timedelta(seconds=60 * len(WINDOWS))
-    window = attributes["latestWindow"]
+    window = figures["attributes"]["latestWindow"]
     assert window["typeName"] == "servemeta_scoring_window"
     window = window["attributes"]
     assert (window["requests"], window["errors"]) == (last_requests, last_errors)
@@ -778,10 +783,14 @@ def test_events_become_entities_with_their_attributes_and_relationships(
     assert window["errorsByKind"] == {"timeout": last_errors}
     assert window["latencyMaxSeconds"] == pytest.approx(0.004 * (1 + last_errors))
     assert window["latencyP99Seconds"] == pytest.approx(0.004)
-    assert attributes["lifetimeTotals"] == {
-        "requests": sum(r for r, _ in WINDOWS),
-        "errors": sum(e for _, e in WINDOWS),
-    }
+    lifetime = figures["attributes"]["lifetime"]
+    assert (lifetime["requests"], lifetime["errors"], lifetime["windows"]) == (
+        sum(r for r, _ in WINDOWS),
+        sum(e for _, e in WINDOWS),
+        len(WINDOWS),
+    )
+    # Nothing of a window is written on the deployment itself any more.
+    assert "latestWindow" not in attributes or attributes["latestWindow"] is None
     inputs = {r["guid"] for r in deployment["relationshipAttributes"]["inputs"]}
     outputs = {r["guid"] for r in deployment["relationshipAttributes"]["outputs"]}
     assert inputs == {version["guid"], atlas.must(KAFKA_TOPIC, demo.topic("wine-requests"))["guid"]}
@@ -1079,10 +1088,12 @@ def test_the_hook_target_makes_the_same_entities_as_rest(
     expected_total = sum(r for r, _ in WINDOWS)
 
     def applied() -> bool:
-        deployment = atlas.entity(DEPLOYMENT, demo.deployment)
+        figures = atlas.entity(
+            SERVING_STATS, naming.serving_stats(SERVER, "wine", "1", demo.cluster)
+        )
         return (
-            deployment is not None
-            and (deployment["attributes"]["lifetimeTotals"] or {}).get("requests") == expected_total
+            figures is not None
+            and (figures["attributes"]["lifetime"] or {}).get("requests") == expected_total
             and all(atlas.entity(*ref) is not None for ref in demo.refs())
         )
 
@@ -1136,8 +1147,9 @@ def test_an_entity_atlas_refuses_lands_in_the_dlq_with_atlas_s_error_code(
     assert atlas.entity(MODEL_VERSION, naming.model_version("wine", "1", cluster)) is None
     assert atlas.entity(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster)) is None
     assert atlas.entity(TRAINING, naming.training("wine", "1", cluster)) is None
-    iris = atlas.must(DEPLOYMENT, naming.deployment(SERVER, "iris", cluster))
-    assert iris["attributes"]["lifetimeTotals"]["requests"] == 7
+    atlas.must(DEPLOYMENT, naming.deployment(SERVER, "iris", cluster))
+    iris = atlas.must(SERVING_STATS, naming.serving_stats(SERVER, "iris", "1", cluster))
+    assert iris["attributes"]["lifetime"]["requests"] == 7
     iris_version = atlas.must(MODEL_VERSION, naming.model_version("iris", "1", cluster))
     assert "Confidential" in {c["typeName"] for c in iris_version["classifications"]}
 
@@ -1364,11 +1376,10 @@ MUTABLE_ATTRIBUTES = {
         "status",
         "statusReason",
         "currentVersion",
-        "lifetimeTotals",
-        "latestWindow",
         "servedVersions",
         SINK_STATE,
     ),
+    SERVING_STATS: ("latestWindow", "lifetime", "replicas", "rollups", SINK_STATE),
     MODEL_VERSION: ("status", "statusReason", "replacesVersion", SINK_STATE),
     MODEL: ("latestVersion", SINK_STATE),
 }
@@ -1400,10 +1411,12 @@ def test_exactly_once_on_atlas_equals_the_distinct_events_in_order(
         in_order = sorted(distinct, key=lambda e: e.envelope.event_time)
         framed = [RawMessage("events", 0, i, FRAME(to_avro(e))) for i, e in enumerate(in_order)]
         assert Pipeline(ordered, Decoder(), Rules()).process(framed).dead == []
+        figures = [f.qualified_name for f in ordered.find(SERVING_STATS)]
         refs = [
             (DEPLOYMENT, naming.deployment(SERVER, "wine", cluster)),
             *((MODEL_VERSION, naming.model_version("wine", v, cluster)) for v in "123"),
             (MODEL, naming.model("wine", cluster)),
+            *((SERVING_STATS, qualified_name) for qualified_name in figures),
         ]
         for type_name, qualified_name in refs:
             expected = ordered.entity(type_name, qualified_name)
@@ -1415,7 +1428,11 @@ def test_exactly_once_on_atlas_equals_the_distinct_events_in_order(
     deployment = atlas.must(DEPLOYMENT, naming.deployment(SERVER, "wine", cluster))
     attributes = deployment["attributes"]
     assert (attributes["status"], attributes["currentVersion"]) == ("IN_SERVICE", "2")
-    assert attributes["lifetimeTotals"]["requests"] == 10 + 20 + 30 + 7 + 14
+    lifetimes = [
+        atlas.must(SERVING_STATS, qualified_name)["attributes"]["lifetime"]
+        for qualified_name in figures
+    ]
+    assert sum(life["requests"] for life in lifetimes) == 10 + 20 + 30 + 7 + 14
     before = stable(deployment)
 
     # The field's PII reached the lineage below its data set, as a data set's own does.

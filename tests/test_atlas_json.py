@@ -274,28 +274,40 @@ def test_the_type_model_knows_every_date_and_relationship_end_of_the_types(
 
 
 def test_values_are_converted_to_atlas_forms() -> None:
-    entity = Entity(
+    deployment = Entity(
         "servemeta_deployment",
         "s.m@c",
         {
             "statusSince": datetime(2026, 1, 1, tzinfo=UTC),
-            "latestWindow": {"start": 1767225600000, "latencyMaxSeconds": float("nan")},
             "servedVersions": {"1": 3, "2": True, "3": None},
-            "lifetimeTotals": {"requests": 3, "gone": None},
             "name": "n",
             "unknownAttribute": float("inf"),
         },
     )
-    attributes = entity_json.entity_json(entity, MODEL, {})["attributes"]
+    attributes = entity_json.entity_json(deployment, MODEL, {})["attributes"]
     assert attributes["statusSince"] == 1767225600000
+    assert attributes["servedVersions"] == {"1": "3", "2": "true"}  # map<string,string>
+    assert attributes["unknownAttribute"] is None
+    entity_json.dumps(attributes)  # valid JSON: no Infinity left
+    # A version's live figures, where the scoring windows go.
+    figures = Entity(
+        "servemeta_serving_stats",
+        "s.m.1.stats@c",
+        {
+            "latestWindow": {"start": 1767225600000, "latencyMaxSeconds": float("nan")},
+            "lifetime": {"requests": 3.0, "latencyMaxSeconds": float("nan"), "gone": None},
+            "errorsByKind": {"timeout": 2, "gone": None},
+            "name": "m 1 on s",
+        },
+    )
+    attributes = entity_json.entity_json(figures, MODEL, {})["attributes"]
     window = attributes["latestWindow"]  # a struct
     assert window == {
         "typeName": "servemeta_scoring_window",
         "attributes": {"start": 1767225600000, "latencyMaxSeconds": None},
     }
-    assert attributes["servedVersions"] == {"1": "3", "2": "true"}  # map<string,string>
-    assert attributes["lifetimeTotals"] == {"requests": 3}  # map<string,long>
-    assert attributes["unknownAttribute"] is None
+    assert attributes["lifetime"] == {"requests": 3.0}  # map<string,double>
+    assert attributes["errorsByKind"] == {"timeout": 2}  # map<string,long>
     entity_json.dumps(attributes)  # valid JSON: no NaN left
 
 

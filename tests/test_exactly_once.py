@@ -19,6 +19,7 @@ import itertools
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from atlas_sink.core import naming
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.pipeline import Pipeline, RawMessage
-from atlas_sink.core.translate import DEPLOYMENT, Rules
+from atlas_sink.core.translate import DEPLOYMENT, SERVING_STATS, Rules
 from atlas_sink.targets.local import LocalCatalog
 from capture.events import (
     Deployment,
@@ -47,6 +48,19 @@ from tests.services import catalog_dump
 
 FRAME = single_object_framer()
 DEPLOY = naming.deployment("wine-scorer", "wine", "local")
+
+
+def _live_figures(catalog: LocalCatalog) -> dict[str, dict[str, Any]]:
+    """Per model version, the attributes of its live figures on the deployment (where its
+    windows go: the deployment holds none)."""
+    found = {}
+    for version in ("1", "2", "3", "9"):
+        stats = catalog.entity(
+            SERVING_STATS, naming.serving_stats("wine-scorer", "wine", version, "local")
+        )
+        if stats is not None:
+            found[version] = stats.attributes
+    return found
 
 
 def _event(
@@ -197,18 +211,32 @@ def test_live_runs_with_restarts_equal_a_replay_and_the_distinct_events(
         deployment = live.entity(DEPLOYMENT, DEPLOY)
         assert deployment is not None
         windows = [e for e in distinct if isinstance(e.payload, ScoringStats)]
-        # Counters add each distinct event once.
-        expected_requests = sum(
+        live_figures = _live_figures(live)
+        # Each version served windows has live figures, and none other.
+        assert set(live_figures) == {e.envelope.model.version for e in windows}
+        for version, figures in live_figures.items():
+            of_version = [
+                e.payload
+                for e in windows
+                if e.envelope.model.version == version and isinstance(e.payload, ScoringStats)
+            ]
+            # Counters add each distinct event once.
+            lifetime = figures["lifetime"]
+            assert lifetime["requests"] == sum(w.request_count for w in of_version)
+            assert lifetime["errors"] == sum(w.error_count for w in of_version)
+            assert lifetime["windows"] == len(of_version)
+            # State takes the newest by event time.
+            newest = max(
+                (e for e in windows if e.envelope.model.version == version),
+                key=lambda e: e.envelope.event_time,
+            )
+            assert isinstance(newest.payload, ScoringStats)
+            assert figures["latestWindow"]["requests"] == newest.payload.request_count
+        # The deployment's totals, the sums over its versions, count each distinct event once.
+        assert sum(f["lifetime"]["requests"] for f in live_figures.values()) == sum(
             e.payload.request_count for e in windows if isinstance(e.payload, ScoringStats)
         )
-        assert (
-            deployment.attributes.get("lifetimeTotals", {}).get("requests", 0) == expected_requests
-        )
-        # State takes the newest by event time.
-        if windows:
-            newest = max(windows, key=lambda e: e.envelope.event_time)
-            assert isinstance(newest.payload, ScoringStats)
-            assert deployment.attributes["latestWindow"]["requests"] == newest.payload.request_count
+        assert not {"latestWindow", "lifetimeTotals"} & set(deployment.attributes)
         # The status is that of the version loaded last, whatever else was unloaded or failed.
         status, served = _expected_status(distinct)
         attributes = deployment.attributes
@@ -216,8 +244,13 @@ def test_live_runs_with_restarts_equal_a_replay_and_the_distinct_events(
         # The order of arrival leaves no trace: the distinct events in order end the same.
         ordered_deployment = ordered.entity(DEPLOYMENT, DEPLOY)
         assert ordered_deployment is not None
-        for name in ("lifetimeTotals", "latestWindow", "status", "currentVersion"):
+        for name in ("status", "currentVersion"):
             assert deployment.attributes.get(name) == ordered_deployment.attributes.get(name), name
+        ordered_figures = _live_figures(ordered)
+        assert set(ordered_figures) == set(live_figures)
+        for version, figures in live_figures.items():
+            for name in ("lifetime", "latestWindow"):
+                assert figures.get(name) == ordered_figures[version].get(name), (version, name)
         for catalog in (live, replayed, ordered):
             catalog.close()
 
@@ -243,6 +276,11 @@ def test_a_known_event_id_with_another_body_is_dead_lettered_and_the_first_stand
         assert [d.reason for d in later.dead] == ["conflicting_duplicate"]
         redelivered = pipeline.process([again])  # the same body again: a plain duplicate
         assert (redelivered.dead, redelivered.duplicates) == ([], 1)
-        deployment = catalog.entity(DEPLOYMENT, DEPLOY)
-        assert deployment is not None
-        assert deployment.attributes["lifetimeTotals"]["requests"] == 10
+        assert catalog.entity(DEPLOYMENT, DEPLOY) is not None
+        figures = _live_figures(catalog)
+        assert list(figures) == ["1"]
+        assert (figures["1"]["lifetime"]["requests"], figures["1"]["lifetime"]["windows"]) == (
+            10,
+            1,
+        )
+        assert figures["1"]["latestWindow"]["requests"] == 10

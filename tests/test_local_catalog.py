@@ -166,17 +166,17 @@ def test_pipeline_writes_entities_readable_with_their_attributes(
     }
     assert version.classifications == ("Confidential",)
     deployment = get(catalog, DEPLOY)
-    assert (
-        deployment.attributes["lifetimeTotals"]["requests"],
-        deployment.attributes["lifetimeTotals"]["errors"],
-    ) == (10, 1)
     assert deployment.attributes["status"] == "STOPPED"
     assert deployment.references == {"inputs": [REQUESTS, VERSION], "outputs": [SCORES]}
+    # The window is the version's: its live figures hold it, the deployment none of it.
+    assert not {"latestWindow", "lifetimeTotals"} & set(deployment.attributes)
     live = get(catalog, STATS)
-    assert (live.attributes["lifetime"]["requests"], live.attributes["lifetime"]["errors"]) == (
-        10,
-        1,
-    )
+    lifetime = live.attributes["lifetime"]
+    assert (lifetime["requests"], lifetime["errors"], lifetime["windows"]) == (10, 1, 1)
+    assert (
+        live.attributes["latestWindow"]["requests"],
+        live.attributes["latestWindow"]["errors"],
+    ) == (10, 1)
     assert live.references == {"deployment": DEPLOY}
     assert [e.ref for e in catalog.find(SERVING_STATS)] == [STATS]
     assert [e.ref for e in outcome.live_figures] == [STATS]
@@ -316,7 +316,9 @@ def test_propagation_does_not_depend_on_write_order(catalog: LocalCatalog) -> No
 # -- restarts and batch boundaries -------------------------------------------------------------
 
 
-def test_reprocessing_a_batch_after_a_restart_leaves_totals_unchanged(tmp_path: Path) -> None:
+def test_reprocessing_a_batch_after_a_restart_leaves_the_live_figures_unchanged(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "catalog.db"
     events = [_event(model_loaded(), 1)] + [_event(_stats(10 * n, n), n) for n in range(2, 5)]
     batch = messages(events)
@@ -324,19 +326,16 @@ def test_reprocessing_a_batch_after_a_restart_leaves_totals_unchanged(tmp_path: 
         outcome = pipeline(catalog).process(batch)
         assert outcome.dead == []
         before = catalog.find()
-    deployment = {e.ref: e for e in before}[DEPLOY]
-    assert (
-        deployment.attributes["lifetimeTotals"]["requests"],
-        deployment.attributes["lifetimeTotals"]["errors"],
-    ) == (90, 9)
+    live = {e.ref: e for e in before}[STATS].attributes
+    assert (live["lifetime"]["requests"], live["lifetime"]["errors"]) == (90, 9)
+    assert (live["lifetime"]["windows"], live["latestWindow"]["requests"]) == (3, 40)
     # Killed before committing offsets: a new process re-reads the same messages.
     with open_catalog(path) as catalog:
         outcome = pipeline(catalog).process(batch)
-        # 3 entities of the load + 3 windows, each to the deployment and the serving stats.
-        assert (outcome.dead, outcome.duplicates) == ([], 9)
+        # 3 entities of the load + 3 windows to the serving stats (a window's deployment
+        # update is not keyed: it is no duplicate, it only names the deployment again).
+        assert (outcome.dead, outcome.duplicates) == ([], 6)
         assert catalog.find() == before
-    live = {e.ref: e for e in before}[STATS].attributes["lifetime"]
-    assert (live["requests"], live["errors"], live["windows"]) == (90, 9, 3)
 
 
 def _dump_after(
@@ -368,19 +367,18 @@ def test_batch_sizes_and_restarts_do_not_change_the_catalog(tmp_path: Path) -> N
     ):
         assert _dump_after(tmp_path / f"{name}.db", events, sizes, restart) == whole, name
     deployment = {e.ref: e for e in whole}[DEPLOY].attributes
-    assert deployment["lifetimeTotals"]["requests"] == sum(3 * n for n in range(3, 23))
-    assert deployment["lifetimeTotals"]["errors"] == sum(n % 3 for n in range(3, 23)) + 20
-    # The newest window is i1's last (i2's clock lags by 30 s); the newest status i2's unload
-    # until version 2 was loaded.
-    assert (deployment["latestWindow"]["requests"], deployment["status"]) == (22, "IN_SERVICE")
-    assert deployment["currentVersion"] == "2"
+    # The newest status is i2's unload until version 2 was loaded.
+    assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", "2")
     replaced = {e.ref: e for e in whole}[VERSION].attributes
     assert (replaced["status"], replaced["statusReason"]) == ("REPLACED", "replaced by version 2")
-    # Version 1's live figures: every window of both replicas merged once.
+    # Version 1's live figures (every window was of it): every window of both replicas merged
+    # once. The newest window is i1's last (i2's clock lags by 30 s).
+    assert [e.ref for e in whole if e.type_name == SERVING_STATS] == [STATS]
     live = {e.ref: e for e in whole}[STATS].attributes
-    assert live["lifetime"]["requests"] == deployment["lifetimeTotals"]["requests"]
-    assert live["lifetime"]["errors"] == deployment["lifetimeTotals"]["errors"]
+    assert live["lifetime"]["requests"] == sum(3 * n for n in range(3, 23))
+    assert live["lifetime"]["errors"] == sum(n % 3 for n in range(3, 23)) + 20
     assert live["lifetime"]["windows"] == 40
+    assert live["latestWindow"]["requests"] == 22
     assert [r["instance"] for r in live["replicas"]] == ["i1", "i2"]
 
 
@@ -436,16 +434,20 @@ def test_nothing_is_written_before_types_are_registered(tmp_path: Path) -> None:
 
 
 def test_non_json_values_are_rejected_not_stored(catalog: LocalCatalog) -> None:
+    figures = Ref(SERVING_STATS, "d.m.1.stats@local")
     result = catalog.write(
         [
             Entity(
-                DEPLOYMENT, "d@local", {"name": "d", "latestWindow": {"requests": float("nan")}}
+                figures.type_name,
+                figures.qualified_name,
+                {"name": "m 1 on d", "latestWindow": {"requests": float("nan")}},
             ),
             Entity(KAFKA_TOPIC, "t@local", {"name": "t"}),
         ]
     )
     assert result.written == 1
-    assert result.rejected[Ref(DEPLOYMENT, "d@local")].code == "INVALID_VALUE"
+    assert result.rejected[figures].code == "INVALID_VALUE"
+    assert catalog.entity(figures.type_name, figures.qualified_name) is None
 
 
 def test_upsert_merges_attributes_replaces_references_and_accumulates_classifications(

@@ -27,7 +27,7 @@ from atlas_sink.core.entities import Entity, Ref
 from atlas_sink.core.pipeline import DeadLetter
 from atlas_sink.core.target import TargetAuthError, TargetUnavailable, WriteResult
 from atlas_sink.core.translate import DEPLOYMENT as DEPLOYMENT_TYPE
-from atlas_sink.core.translate import MODEL, MODEL_VERSION
+from atlas_sink.core.translate import MODEL, MODEL_VERSION, SERVING_STATS
 from atlas_sink.kafka.client import SinkFatal
 from atlas_sink.kafka.consumer import SinkConsumer
 from atlas_sink.kafka.dlq import (
@@ -118,6 +118,16 @@ def sink_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
         dlq_topic=topics.dlq,
         base={},
         settings={"SINK_BATCH_MAX_WAIT_SECONDS": "0.3", **extra},
+    )
+
+
+def requests_served(catalog: LocalCatalog, deployment: str) -> int:
+    """A deployment's lifetime requests: the sum over the live figures of the versions it
+    served (each window merged once)."""
+    return sum(
+        int(r.entity.attributes["lifetime"]["requests"])
+        for r in catalog.referrers(DEPLOYMENT_TYPE, deployment, "deployment")
+        if r.entity.type_name == SERVING_STATS
     )
 
 
@@ -303,7 +313,7 @@ def test_emitted_events_become_catalog_entities(
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
     assert deployment.attributes["status"] == "IN_SERVICE"
-    assert deployment.attributes["lifetimeTotals"]["requests"] == 2
+    assert requests_served(catalog, DEPLOYMENT_QN) == 2
     graph = catalog.lineage(MODEL_VERSION, VERSION_QN, "BOTH", 3)
     assert {
         f"fs_path:{naming.uri_dataset('file:///data/wine.csv', CLUSTER)}",
@@ -360,7 +370,7 @@ def test_duplicates_and_out_of_order_events_do_not_change_the_final_state(
     assert catalog_dump(messy) == catalog_dump(in_order)
     deployment = messy.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    assert deployment.attributes["lifetimeTotals"]["requests"] == 60
+    assert requests_served(messy, DEPLOYMENT_QN) == 60
     assert deployment.attributes["currentVersion"] == "2"
     model = messy.entity(MODEL, naming.model("wine", CLUSTER))
     assert model is not None and model.attributes["latestVersion"] == "2"
@@ -396,7 +406,7 @@ def test_poison_messages_land_in_the_dlq_with_their_position(
 
     assert sink.totals.dead_lettered == {"framing": 1, "avro": 1, "unknown_fingerprint": 1}
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-    assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 5
+    assert deployment is not None and requests_served(catalog, DEPLOYMENT_QN) == 5
     records = {r.reason: r for r in read_dlq(config)}
     assert set(records) == set(poison)
     by_value = {s.value: s for s in sent}
@@ -514,7 +524,7 @@ def test_a_crash_between_write_and_commit_leaves_no_duplicate(
     assert committed_total(bootstrap, config) == 0
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    before = deployment.attributes["lifetimeTotals"]["requests"]
+    before = requests_served(catalog, DEPLOYMENT_QN)
 
     # A new process: fresh pipeline caches, same group, same catalog.
     second = run_until(config, catalog, committed=4)
@@ -522,7 +532,7 @@ def test_a_crash_between_write_and_commit_leaves_no_duplicate(
     assert second.totals.duplicates >= written
     deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
     assert deployment is not None
-    assert deployment.attributes["lifetimeTotals"]["requests"] == 60
+    assert requests_served(catalog, DEPLOYMENT_QN) == 60
     assert before <= 60
     assert committed_total(bootstrap, config) == 4
 
@@ -553,7 +563,7 @@ def test_target_outage_pauses_and_resumes_without_losing_or_repeating(
         sink.close()
     assert sink.totals.batches == 1  # processed once, after two refused attempts
     deployment = flaky.inner.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-    assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 10
+    assert deployment is not None and requests_served(flaky.inner, DEPLOYMENT_QN) == 10
 
 
 def test_refused_credentials_stop_the_sink_without_committing(
@@ -639,7 +649,7 @@ def test_dlq_redrive_after_fixing_the_cause(bootstrap: str, topics: Topics, tmp_
         step_until(sink, lambda: sink.totals.committed >= 4)
         assert sink.totals.dead_lettered == {"target_rejected": 2}  # none added
         deployment = catalog.entity(DEPLOYMENT_TYPE, DEPLOYMENT_QN)
-        assert deployment is not None and deployment.attributes["lifetimeTotals"]["requests"] == 10
+        assert deployment is not None and requests_served(catalog, DEPLOYMENT_QN) == 10
 
         # Re-driving again delivers duplicates, which change nothing.
         before = catalog_dump(catalog)
@@ -745,11 +755,9 @@ def test_a_rebalance_hands_partitions_over_without_loss_or_double_counting(
         if second is not None:
             second.close()
     for model in models:
-        deployment = catalog.entity(
-            DEPLOYMENT_TYPE, naming.deployment("wine-scorer", model, CLUSTER)
-        )
-        assert deployment is not None
-        assert deployment.attributes["lifetimeTotals"]["requests"] == 12, model  # each window once
+        deployment_qn = naming.deployment("wine-scorer", model, CLUSTER)
+        assert catalog.entity(DEPLOYMENT_TYPE, deployment_qn) is not None
+        assert requests_served(catalog, deployment_qn) == 12, model  # each window once
     assert committed_total(bootstrap, config) == 36
 
 

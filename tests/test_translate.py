@@ -20,7 +20,6 @@ from atlas_sink.atlas.typedefs import load_project_typedefs
 from atlas_sink.core import naming
 from atlas_sink.core.coalesce import Coalesced, coalesce, refs_needing_state
 from atlas_sink.core.entities import (
-    LIFETIME_TOTALS,
     MAX_WATERMARKS,
     SINK_STATE,
     Entity,
@@ -76,6 +75,15 @@ MODEL_REF = Ref(MODEL, "wine@local")
 DEPLOY = Ref(DEPLOYMENT, "wine-scorer.wine@local")
 # The live figures of version 1 on that deployment.
 STATS = Ref(SERVING_STATS, "wine-scorer.wine.1.stats@local")
+# All a scoring window writes of the deployment: what its qualified name and the event's
+# deployment say, so the figures can refer to it. No state: the update is not keyed.
+# What a window writes on its deployment: only what the deployment's qualifiedName fixes.
+DEPLOY_IDENTITY = {
+    "name": "wine-scorer serving wine",
+    "serverName": "wine-scorer",
+    "cluster": "local",
+    "modelName": "wine",
+}
 TRAIN = Ref(TRAINING, "wine.1.training@local")
 SOURCE = Ref(FS_PATH, "file:///data/wine.csv@local")
 REQUESTS = Ref(KAFKA_TOPIC, "wine-requests@local")
@@ -338,14 +346,19 @@ def test_the_sink_judges_compatibility_itself_and_keeps_the_claim_beside(
     )
 
 
-def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
+def test_scoring_stats_update_the_version_s_live_figures_and_only_name_the_deployment() -> None:
     sample = scoring_stats()
     updates = translate(event(sample, 5), NO_RULES)
-    deployment = one(updates, DEPLOY)
     assert set(by_ref(updates)) == {DEPLOY, STATS}
-    assert deployment.totals == {"requests": 10, "errors": 1}
-    values = deployment.values
-    window = values["latestWindow"]
+    # The deployment only has to exist for the figures to refer to: its identity, unkeyed (no
+    # state, no dedup), and no figures of its own. A first window makes a valid one alone.
+    deployment = one(updates, DEPLOY)
+    assert (deployment.key, deployment.values) == (None, DEPLOY_IDENTITY)
+    assert (deployment.references, deployment.served, deployment.stats) == ({}, None, None)
+    # The window: the version's latest, and merged into its live figures once per event.
+    live = one(updates, STATS)
+    assert live.key == (micros(T0 + timedelta(seconds=5)), "i1/wine", 5)
+    window = live.values["latestWindow"]
     assert (window["requests"], window["errors"]) == (10, 1)
     latency = (
         window["latencyMinSeconds"],
@@ -357,20 +370,14 @@ def test_scoring_stats_update_the_deployment_window_and_totals() -> None:
     assert window["start"] == micros(T0) // 1000
     assert window["end"] == micros(T0 + timedelta(seconds=60)) // 1000
     assert window["modelVersion"] == "1"
-    # A first stats window must make a valid deployment on its own.
-    assert values["name"] == "wine-scorer serving wine"
-    assert deployment.references == {}
-    # The same window, merged into the version's live figures once per event, as totals are.
-    live = one(updates, STATS)
-    assert live.key == deployment.key
     assert live.values == {
         "name": "wine 1 on wine-scorer",
         "modelName": "wine",
         "version": "1",
         "serverName": "wine-scorer",
+        "latestWindow": window,
     }
     assert live.references == {"deployment": DEPLOY}
-    assert live.totals == {}
     assert live.stats is not None
     assert (live.stats.window, live.stats.training) == (sample, None)
     assert (live.stats.instance, live.stats.host) == ("i1", "h1")
@@ -517,7 +524,7 @@ def test_classification_rules_match_data_set_uris_and_field_names() -> None:
     ]
 
 
-# -- duplicates, order, totals -----------------------------------------------------------------
+# -- duplicates, order, live figures ---------------------------------------------------------
 
 
 def test_the_same_event_twice_in_one_batch_changes_nothing() -> None:
@@ -528,16 +535,24 @@ def test_the_same_event_twice_in_one_batch_changes_nothing() -> None:
     assert entities_of(twice) == entities_of(once)
 
 
-def test_a_redelivered_batch_writes_no_mutable_entity() -> None:
+def test_a_redelivered_batch_changes_no_mutable_entity() -> None:
     updates = translate(event(model_loaded()), NO_RULES) + translate(event(stats(), 2), NO_RULES)
     first, states = run(updates)
     again, after = run(updates, states)
-    assert again.duplicates == 5  # model, version, deployment; deployment, serving stats
-    assert [e.ref for e in again.entities if e.type_name in MUTABLE_TYPES] == []
+    # Model, version, deployment; the serving stats (the window's deployment update is unkeyed).
+    assert again.duplicates == 4
     assert after == states
+    assert STATS not in entities_of(again)
+    # The window names the deployment again (its identity-only update): any write of a mutable
+    # entity holds only what the first run wrote of it.
+    written = entities_of(first)
+    for entity in again.entities:
+        if entity.type_name in MUTABLE_TYPES:
+            assert entity.attributes.items() <= written[entity.ref].attributes.items()
+            assert entity.references.items() <= written[entity.ref].references.items()
     # Immutable entities are rewritten unchanged: harmless upserts.
-    assert {e.ref: e for e in again.entities} == {
-        r: e for r, e in entities_of(first).items() if r.type_name not in MUTABLE_TYPES
+    assert {e.ref: e for e in again.entities if e.type_name not in MUTABLE_TYPES} == {
+        r: e for r, e in written.items() if r.type_name not in MUTABLE_TYPES
     }
 
 
@@ -545,8 +560,10 @@ def test_same_producer_and_sequence_is_a_duplicate_whatever_its_content() -> Non
     _, states = run(translate(event(stats(10, 1), 3), NO_RULES))
     resent = event(stats(99, 9), 3)
     result, after = run(translate(resent, NO_RULES), states)
-    assert (result.duplicates, result.entities) == (2, [])  # the deployment, the serving stats
-    assert after[DEPLOY].totals == {"requests": 10, "errors": 1}
+    assert result.duplicates == 1  # the serving stats; the deployment's update is not keyed
+    # Nothing applied: the figures are not written, the deployment only named again.
+    assert [(e.ref, e.attributes) for e in result.entities] == [(DEPLOY, DEPLOY_IDENTITY)]
+    assert after == states
     live = after[STATS].stats
     assert live is not None
     assert (live.lifetime.requests, live.lifetime.errors, live.windows) == (10, 1, 1)
@@ -614,33 +631,36 @@ def test_a_first_load_that_fails_marks_the_deployment_failed() -> None:
     assert "currentVersion" not in deployment
 
 
-def test_a_late_stats_window_adds_to_totals_but_not_to_the_latest_window() -> None:
+def test_a_late_stats_window_adds_to_the_lifetime_but_not_to_the_latest_window() -> None:
     newer = event(stats(40, 4), 1, instance="i2", at=T0 + timedelta(seconds=120))
     late = event(stats(10, 1), 1, instance="i1", at=T0 + timedelta(seconds=60))
     result, _ = run(translate(newer, NO_RULES) + translate(late, NO_RULES))
-    deployment = entities_of(result)[DEPLOY].attributes
-    window = deployment["latestWindow"]
+    live = entities_of(result)[STATS].attributes
+    window = live["latestWindow"]
     assert (window["requests"], window["errors"]) == (40, 4)
-    assert deployment[LIFETIME_TOTALS] == {"requests": 50, "errors": 5}
+    lifetime = live["lifetime"]
+    assert (lifetime["requests"], lifetime["errors"], lifetime["windows"]) == (50, 5, 2)
 
 
-def test_totals_add_once_per_event_and_redelivery_adds_nothing() -> None:
+def test_windows_add_to_the_lifetime_once_per_event_and_redelivery_adds_nothing() -> None:
     first, second = event(stats(10, 1), 1), event(stats(30, 2), 2)
     result, states = run(translate(first, NO_RULES) + translate(second, NO_RULES))
-    assert entities_of(result)[DEPLOY].attributes[LIFETIME_TOTALS] == {"requests": 40, "errors": 3}
+    live = entities_of(result)[STATS].attributes
+    assert (live["lifetime"]["requests"], live["lifetime"]["errors"]) == (40, 3)
+    assert live["latestWindow"]["requests"] == 30
+    # The deployment keeps no figures, and no state: nothing of a window is applied to it.
+    assert entities_of(result)[DEPLOY].attributes == DEPLOY_IDENTITY
+    assert DEPLOY not in states
     # Redelivered after a crash, alongside one new window.
     third = event(stats(5, 0), 3)
     updates = [u for e in (first, second, third) for u in translate(e, NO_RULES)]
     result, states = run(updates, states)
-    assert result.duplicates == 4  # two windows, each to the deployment and the serving stats
-    attributes = entities_of(result)[DEPLOY].attributes
-    assert attributes[LIFETIME_TOTALS] == {"requests": 45, "errors": 3}
+    assert result.duplicates == 2  # two windows, each to the serving stats
     live = entities_of(result)[STATS].attributes
     assert live["lifetime"]["requests"] == 45
     assert (live["lifetime"]["errors"], live["lifetime"]["windows"]) == (3, 3)
+    assert live["latestWindow"]["requests"] == 5
     # The stored attributes restore exactly the state that guards the next batch.
-    restored = EntityState.from_attributes(attributes)
-    assert restored == states[DEPLOY]
     restored_live, kept_live = EntityState.from_attributes(live), states[STATS]
     # Merged sketches compare by what they hold (their state), not as objects.
     assert restored_live.stats is not None and kept_live.stats is not None
@@ -658,40 +678,37 @@ def test_an_event_arriving_after_a_higher_sequence_is_applied_once() -> None:
     assert result.duplicates == 0
     written = entities_of(result)
     # A restarted sink.
-    restored = {
-        ref: EntityState.from_attributes(written[ref].attributes) for ref in (DEPLOY, STATS)
-    }
-    for state in restored.values():
-        assert state.applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
+    restored = {STATS: EntityState.from_attributes(written[STATS].attributes)}
+    assert restored[STATS].applied_sequences == {"i1/wine": ((1, 1), (3, 3))}
     late, _ = run(translate(second, NO_RULES), restored)
     assert late.duplicates == 0
-    totals = entities_of(late)[DEPLOY].attributes
-    assert totals[LIFETIME_TOTALS] == {"requests": 60, "errors": 6}
-    live = entities_of(late)[STATS].attributes["lifetime"]
-    assert (live["requests"], live["errors"], live["windows"]) == (60, 6, 3)
+    live = entities_of(late)[STATS].attributes
+    assert (live["lifetime"]["requests"], live["lifetime"]["errors"]) == (60, 6)
+    assert live["lifetime"]["windows"] == 3
+    # Older than the newest window applied: its window is not the latest, so not written.
+    assert "latestWindow" not in live
     again, _ = run(
         translate(second, NO_RULES),
         {ref: EntityState.from_attributes(e.attributes) for ref, e in entities_of(late).items()},
     )
-    assert (again.duplicates, again.entities) == (2, [])
+    assert again.duplicates == 1  # the serving stats; the deployment's update is not keyed
+    assert [(e.ref, e.attributes) for e in again.entities] == [(DEPLOY, DEPLOY_IDENTITY)]
 
 
 def test_the_newest_producer_keeps_its_watermark_when_old_ones_are_dropped() -> None:
     stored = EntityState(
         applied_sequences={f"gone-{n}/wine": ((1, 1000 + n),) for n in range(MAX_WATERMARKS)},
-        totals={"requests": 0, "errors": 0},
     )
     window = event(stats(10, 1), 1, instance="new-pod")
-    stored_states = {DEPLOY: stored, STATS: stored.copy()}
-    written = coalesce(translate(window, NO_RULES), stored_states).entities
+    written = coalesce(translate(window, NO_RULES), {STATS: stored}).entities
     assert [e.ref for e in written] == [DEPLOY, STATS]
     # After a restart the state comes back from what was written; the window is redelivered.
-    restored = {e.ref: EntityState.from_attributes(e.attributes) for e in written}
-    for state in restored.values():
-        assert len(state.applied_sequences) == MAX_WATERMARKS
-        assert state.applied_sequences["new-pod/wine"] == ((1, 1),)
+    restored = {STATS: EntityState.from_attributes({e.ref: e for e in written}[STATS].attributes)}
+    assert len(restored[STATS].applied_sequences) == MAX_WATERMARKS
+    assert restored[STATS].applied_sequences["new-pod/wine"] == ((1, 1),)
     again = coalesce(translate(window, NO_RULES), restored)
-    assert (again.duplicates, again.entities) == (2, [])
+    assert again.duplicates == 1  # the serving stats; the deployment's update is not keyed
+    assert [(e.ref, e.attributes) for e in again.entities] == [(DEPLOY, DEPLOY_IDENTITY)]
 
 
 def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() -> None:
@@ -712,14 +729,20 @@ def test_thousand_stats_events_for_ten_deployments_coalesce_to_ten_entities() ->
         f"scorer-{n}.wine.1.stats@local" for n in range(10)
     ]
     for entity in deployments:
-        assert entity.attributes[LIFETIME_TOTALS] == {"requests": 1000, "errors": 100}
+        # Named, with no figures and no state of their own.
+        server_name = entity.attributes["serverName"]
+        assert entity.attributes == {
+            **DEPLOY_IDENTITY,
+            "name": f"{server_name} serving wine",
+            "serverName": server_name,
+        }
     for entity in live:
         lifetime = entity.attributes["lifetime"]
         assert (lifetime["requests"], lifetime["errors"], lifetime["windows"]) == (1000, 100, 100)
+        assert entity.attributes["latestWindow"]["requests"] == 10
         assert entity.references == {
             "deployment": Ref(DEPLOYMENT, f"{entity.attributes['serverName']}.wine@local")
         }
-    for entity in result.entities:
         server = entity.qualified_name.split(".")[0].removeprefix("scorer-")
         marks = EntityState.from_attributes(entity.attributes).applied_sequences
         assert marks == {f"pod-{server}/wine": ((1, 100),)}
@@ -806,8 +829,8 @@ def test_any_batch_split_of_a_stream_yields_the_same_entities() -> None:
     whole = _replay(stream, [len(stream)], rules)
     for sizes in ([1] * len(stream), [7] * 58, [100] * 4, _cuts(rng, 400), _cuts(rng, 400)):
         assert _replay(stream, sizes, rules) == whole
-    # The result is right, not merely stable: totals count each distinct window once, and
-    # each deployment shows its newest window.
+    # The result is right, not merely stable: each version's live figures count each distinct
+    # window of it once, and show its newest window; a deployment's totals are their sums.
     unique = {(e.envelope.producer.instance_id, e.envelope.sequence): e for e in stream}
     for model in ("wine", "beer"):
         windows = [
@@ -817,12 +840,24 @@ def test_any_batch_split_of_a_stream_yields_the_same_entities() -> None:
         ]
         assert len(windows) > 20
         deployment = whole[Ref(DEPLOYMENT, f"wine-scorer.{model}@local")][0]
-        assert deployment[LIFETIME_TOTALS]["requests"] == sum(
+        assert not {"latestWindow", "lifetimeTotals"} & set(deployment)
+        total = 0
+        for version in ("1", "2"):
+            of_version = [e for e in windows if e.envelope.model.version == version]
+            assert of_version
+            qualified_name = naming.serving_stats("wine-scorer", model, version, "local")
+            live = whole[Ref(SERVING_STATS, qualified_name)][0]
+            assert live["lifetime"]["requests"] == sum(
+                e.payload.request_count for e in of_version if isinstance(e.payload, ScoringStats)
+            )
+            assert live["lifetime"]["windows"] == len(of_version)
+            total += live["lifetime"]["requests"]
+            newest = max(of_version, key=lambda e: e.envelope.event_time)
+            assert isinstance(newest.payload, ScoringStats)
+            assert live["latestWindow"]["requests"] == newest.payload.request_count
+        assert total == sum(
             e.payload.request_count for e in windows if isinstance(e.payload, ScoringStats)
         )
-        newest = max(windows, key=lambda e: e.envelope.event_time)
-        assert isinstance(newest.payload, ScoringStats)
-        assert deployment["latestWindow"]["requests"] == newest.payload.request_count
     assert whole[SOURCE][2] == ["PII"]
 
 
@@ -970,10 +1005,18 @@ def test_the_sample_covers_every_entity_type_translate_writes() -> None:
         S3_BUCKET,
     }
     attributes, references = _emitted()[SERVING_STATS]
-    assert {"lifetime", "replicas", "rollups", "features", "driftVerdict", "driftedFeatures"} <= (
-        attributes
-    )
+    assert {
+        "latestWindow",
+        "lifetime",
+        "replicas",
+        "rollups",
+        "features",
+        "driftVerdict",
+        "driftedFeatures",
+    } <= attributes
     assert references == {"deployment"}
+    # The figures are the version's: the deployment is written none (type version 2.1).
+    assert not {"latestWindow", "lifetimeTotals"} & _emitted()[DEPLOYMENT][0]
 
 
 def test_servemeta_typedefs_declare_every_name_translate_writes() -> None:
@@ -1046,16 +1089,17 @@ def test_a_late_event_s_write_still_names_the_entity() -> None:
     late = event(stats(10, 1), 1, at=T0 + timedelta(seconds=60))
     _, states = run(translate(newer, NO_RULES))
     result, _ = run(translate(late, NO_RULES), states)
-    deployment = entities_of(result)[DEPLOY].attributes
-    assert deployment["name"] == "wine-scorer serving wine"
-    assert "latestWindow" not in deployment  # the late window's values lose to the newer
-    assert deployment[LIFETIME_TOTALS]["requests"] == 50
+    assert entities_of(result)[DEPLOY].attributes["name"] == "wine-scorer serving wine"
+    live = entities_of(result)[STATS].attributes
+    assert live["name"] == "wine 1 on wine-scorer"
+    assert "latestWindow" not in live  # the late window's values lose to the newer
+    assert live["lifetime"]["requests"] == 50
 
 
-def test_a_catalog_written_before_the_sink_state_attribute_keeps_its_guard_and_totals() -> None:
-    """An entity as servemeta wrote it before type version 2.0 (its bookkeeping in separate
-    attributes): the upgraded sink reads it, so a redelivered window adds nothing and a new
-    one adds to the old totals."""
+def test_a_catalog_written_before_the_sink_state_attribute_keeps_its_guard() -> None:
+    """A deployment as servemeta wrote it before type version 2.0 (its bookkeeping in separate
+    attributes): the upgraded sink reads it, so a redelivered event changes nothing and a new
+    one applies. Its old totals are not read: live figures are per version now (2.1)."""
     at = micros(T0 + timedelta(seconds=1))
     legacy = {
         "attributeTimes": {"host": str(at)},
@@ -1072,14 +1116,38 @@ def test_a_catalog_written_before_the_sink_state_attribute_keeps_its_guard_and_t
     assert state.applied_sequences == {"i1/wine": ((1, 2),)}
     assert (state.last_event_time, state.last_event_id, state.times) == (at, "e-2", {"host": at})
     assert state.current_version() == "1"
-    assert state.totals == {"requests": 30, "errors": 3}
-    again, _ = run(translate(event(stats(10, 1), 2), NO_RULES), {DEPLOY: state})
-    # The deployment's guard holds. Its version's live figures are a new entity, which never
-    # saw the window: it merges it, once.
+    # The deployment's guard holds: an event it applied is a duplicate, and changes nothing.
+    # (Its version is a new entity to the upgraded sink, which never saw the event.)
+    redelivered = event(ModelUnloaded(reason="shutdown"), 2)
+    again, after = run(translate(redelivered, NO_RULES), {DEPLOY: state})
     assert again.duplicates == 1
-    assert [e.ref for e in again.entities] == [STATS]
-    assert entities_of(again)[STATS].attributes["lifetime"]["requests"] == 10
-    new, _ = run(translate(event(stats(10, 1), 3), NO_RULES), {DEPLOY: state})
-    assert entities_of(new)[DEPLOY].attributes[LIFETIME_TOTALS] == {"requests": 40, "errors": 4}
-    # Atlas reads a total never written as 0: that is no total.
-    assert EntityState.from_attributes({"totalRequests": 0, "totalErrors": 0}).totals == {}
+    assert [e.ref for e in again.entities] == [VERSION]
+    assert after[DEPLOY] == state
+    # A new event applies, and what it writes holds no totals, old or new.
+    new, after = run(
+        translate(event(ModelUnloaded(reason="shutdown"), 3), NO_RULES), {DEPLOY: state}
+    )
+    assert new.duplicates == 0
+    assert after[DEPLOY].applied_sequences == {"i1/wine": ((1, 3),)}
+    deployment = entities_of(new)[DEPLOY].attributes
+    assert (deployment["status"], deployment["statusReason"]) == ("STOPPED", "shutdown")
+    assert not {"lifetimeTotals", "totalRequests", "totalErrors"} & set(deployment)
+    # A window to the old catalog: its version's live figures, a new entity, merge it once.
+    window, _ = run(translate(event(stats(10, 1), 4), NO_RULES), {DEPLOY: state})
+    assert entities_of(window)[STATS].attributes["lifetime"]["requests"] == 10
+    assert entities_of(window)[DEPLOY].attributes == DEPLOY_IDENTITY
+
+
+def test_an_older_window_never_overwrites_a_newer_load_s_deployment_facts() -> None:
+    """A window names its deployment without an event time to guard with, so it carries only
+    what the deployment's qualifiedName fixes: a changed environment stays the newest one's,
+    whatever order the load and an older window arrive in."""
+    loaded = event(model_loaded(), 1, at=T0 + timedelta(seconds=100))
+    loaded.envelope.deployment = dataclasses.replace(loaded.envelope.deployment, environment="prod")
+    window = event(stats(), 2, at=T0 + timedelta(seconds=10))
+    window.envelope.deployment = dataclasses.replace(
+        window.envelope.deployment, environment="staging"
+    )
+    for order in ((loaded, window), (window, loaded)):
+        result, _ = run([u for e in order for u in translate(e, NO_RULES)])
+        assert entities_of(result)[DEPLOY].attributes["environment"] == "prod"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from atlas_sink.catalog.model import LineageGraph, entity_key
+from atlas_sink.catalog.model import LineageGraph, StoredEntity, entity_key
 from atlas_sink.catalog.reader import (
     CatalogReader,
     find_model,
@@ -97,16 +97,32 @@ def storage_assessment(attributes: dict[str, Any]) -> dict[str, Any]:
     return {"verdict": verdict, "findings": problems}
 
 
-def _versions_served(
-    reader: CatalogReader, deployment: str, stale_windows: float
-) -> list[dict[str, Any]]:
+def _live(found: list[StoredEntity]) -> dict[str, Any]:
+    """The deployment's newest window, whichever version it was of, and its totals: the sums
+    over the versions it served. Unknown stays None: no window is not a window of 0."""
+    windows = [e.attributes["latestWindow"] for e in found if e.attributes.get("latestWindow")]
+    window: dict[str, Any] = max(windows, key=lambda w: int(w.get("end") or 0), default={})
+    lifetimes = [e.attributes["lifetime"] for e in found if e.attributes.get("lifetime")]
+    requests = window.get("requests")
+    return {
+        "windowStart": _millis(window.get("start")),
+        "windowEnd": _millis(window.get("end")),
+        "requests": requests,
+        "errors": window.get("errors"),
+        "errorRate": (window.get("errors") or 0) / requests if requests else None,
+        "errorsByKind": window.get("errorsByKind") or {},
+        "latencySeconds": {
+            k: window.get(f"latency{k.title()}Seconds") for k in ("min", "p50", "p95", "p99", "max")
+        },
+        "totalRequests": _count(sum(life["requests"] for life in lifetimes)) if lifetimes else None,
+        "totalErrors": _count(sum(life["errors"] for life in lifetimes)) if lifetimes else None,
+        "statsModelVersion": window.get("modelVersion"),
+    }
+
+
+def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[dict[str, Any]]:
     """Each version the deployment served with its live figures, every replica merged, in
     the order they were first heard of."""
-    found = [
-        r.entity
-        for r in reader.referrers(DEPLOYMENT, deployment, "deployment")
-        if r.entity.type_name == SERVING_STATS
-    ]
     replicas = [r for e in found for r in e.attributes.get("replicas") or []]
     # Staleness is judged against the deployment's newest window, not the reader's clock:
     # the same catalog gives the same report whenever it is read.
@@ -219,10 +235,11 @@ def build_report(
         if process.type_name != DEPLOYMENT:
             continue
         pa = process.attributes
-        # Unknown stays None (null in JSON): no window reported is not a window of 0 requests.
-        window: dict[str, Any] = pa.get("latestWindow") or {}
-        totals: dict[str, Any] = pa.get("lifetimeTotals") or {}
-        requests = window.get("requests")
+        stats = [
+            r.entity
+            for r in reader.referrers(DEPLOYMENT, process.qualified_name, "deployment")
+            if r.entity.type_name == SERVING_STATS
+        ]
         deployments.append(
             {
                 "name": pa.get("name"),
@@ -250,22 +267,8 @@ def build_report(
                 "outputs": [r.qualified_name for r in _refs(process.references.get("outputs"))],
                 "classifications": list(process.all_classifications),
                 "propagationPending": process.propagation_pending,
-                "live": {
-                    "windowStart": _millis(window.get("start")),
-                    "windowEnd": _millis(window.get("end")),
-                    "requests": requests,
-                    "errors": window.get("errors"),
-                    "errorRate": (window.get("errors") or 0) / requests if requests else None,
-                    "errorsByKind": window.get("errorsByKind") or {},
-                    "latencySeconds": {
-                        k: window.get(f"latency{k.title()}Seconds")
-                        for k in ("min", "p50", "p95", "p99", "max")
-                    },
-                    "totalRequests": totals.get("requests"),
-                    "totalErrors": totals.get("errors"),
-                    "statsModelVersion": window.get("modelVersion"),
-                },
-                "versionsServed": _versions_served(reader, process.qualified_name, stale_windows),
+                "live": _live(stats),
+                "versionsServed": _versions_served(stats, stale_windows),
             }
         )
 

@@ -7,8 +7,8 @@ Rules, per entity:
   applied once;
 - each attribute keeps the value of the newest event that set it (event time), so an old
   event never overwrites newer state, in whatever order events arrive;
-- totals add once per applied event, and so do scoring windows to a version's live figures
-  (``serving_stats``);
+- a scoring window merges once into its version's live figures (``serving_stats``), whatever
+  its age;
 - a deployment's status is derived from what the newest event about each version said and
   which version was loaded last, so news of a version it no longer serves changes nothing;
 - classifications only accumulate.
@@ -65,6 +65,8 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
     entities: dict[Ref, Entity] = {}
     new_states: dict[Ref, EntityState] = {}
     applied: set[Ref] = set()
+    # Entities an event applied to (not only an unkeyed update): their state changed.
+    keyed: set[Ref] = set()
     result = Coalesced(entities=[], states=new_states)
     count = 0
     for update in updates:
@@ -99,12 +101,9 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
                 result.duplicate_keys.add(key)
             continue
         applied.add(ref)
+        keyed.add(ref)
         result.applied_keys.add(key)
         state.mark(key)
-        if update.totals:
-            totals = state.totals
-            for name, delta in update.totals.items():
-                totals[name] = totals.get(name, 0) + delta
         moment = key.event_time
         if update.stats is not None:
             if state.stats is None:
@@ -137,11 +136,12 @@ def coalesce(updates: Iterable[Update], states: Mapping[Ref, EntityState]) -> Co
                 state.times[name] = moment
                 entity.references[name] = target
     result.updates = count
-    # An entity whose every update was a duplicate needs no write.
+    # An entity whose every update was a duplicate needs no write; one that only an unkeyed
+    # update touched (a deployment named by a window) is written without its state, which
+    # did not change, so the caller can skip it when it wrote the same before.
     result.entities = [entities[ref] for ref in entities if ref in applied]
     for entity in result.entities:
-        state = new_states.get(entity.ref)
-        if state is not None:
-            entity.attributes.update(state.to_attributes())
-    result.states = {ref: state for ref, state in new_states.items() if ref in applied}
+        if entity.ref in keyed:
+            entity.attributes.update(new_states[entity.ref].to_attributes())
+    result.states = {ref: state for ref, state in new_states.items() if ref in keyed}
     return result

@@ -29,9 +29,6 @@ from atlas_sink.core.serving_stats import ServingStats, StatsContribution
 # Every mutable entity type carries it (see deploy/atlas/servemeta_typedefs.json). Its name
 # sorts last: Atlas's UI lists an entity's attributes alphabetically.
 SINK_STATE = "zInternalSinkState"
-# Deployments: what every applied scoring window added up to, by count name (absent until a
-# window is applied: Atlas would read a never-written number as 0).
-LIFETIME_TOTALS = "lifetimeTotals"
 # Deployments only: per version, what the newest event about it said (see ``Served``).
 SERVED_VERSIONS = "servedVersions"
 # What servemeta wrote before type version 2.0, as separate attributes that reviewers met
@@ -44,11 +41,9 @@ LEGACY_STATE_ATTRIBUTES = (
     "lastEventTime",
     "lastEventId",
     "servedVersions",
-    "totalRequests",
-    "totalErrors",
 )
 # Attributes the sink reads back to rebuild an entity's state.
-STATE_ATTRIBUTES = (SINK_STATE, LIFETIME_TOTALS, *LEGACY_STATE_ATTRIBUTES)
+STATE_ATTRIBUTES = (SINK_STATE, *LEGACY_STATE_ATTRIBUTES)
 
 # Values of a mutable entity fixed by its qualifiedName (model and version names): the same in
 # every event about it, and mandatory in Atlas, so written with every upsert.
@@ -107,7 +102,6 @@ class EntityState:
 
     times: dict[str, int] = field(default_factory=dict)
     applied_sequences: dict[str, Ranges] = field(default_factory=dict)
-    totals: dict[str, int] = field(default_factory=dict)
     last_event_time: int = 0
     last_event_id: str | None = None
     # When each producer's sequences last grew: pruning keeps the most recently active
@@ -164,7 +158,6 @@ class EntityState:
         return EntityState(
             dict(self.times),
             dict(self.applied_sequences),
-            dict(self.totals),
             self.last_event_time,
             self.last_event_id,
             dict(self.marked_at),
@@ -230,8 +223,6 @@ class EntityState:
             SINK_STATE: json.dumps(state, separators=(",", ":"), ensure_ascii=False),
             **self._served_attributes(),
         }
-        if self.totals:
-            attributes[LIFETIME_TOTALS] = dict(sorted(self.totals.items()))
         if self.stats is not None:
             attributes.update(self.stats.to_attributes())
         return attributes
@@ -241,7 +232,6 @@ class EntityState:
         """The state ``to_attributes`` wrote; an entity without it has none yet."""
         text = attributes.get(SINK_STATE)
         state: dict[str, Any] = json.loads(text) if text else _legacy_state(attributes)
-        totals = attributes.get(LIFETIME_TOTALS) or _legacy_totals(attributes)
         marks = {
             producer: value.partition("@")
             for producer, value in (state.get("producers") or {}).items()
@@ -251,9 +241,6 @@ class EntityState:
             applied_sequences={
                 p: sequence_ranges.from_text(ranges) for p, (ranges, _, _) in marks.items()
             },
-            # Totals never written stay absent: writing 0 for them would make a restarted
-            # sink's catalog differ from a replay's, and say "none" where nothing is known.
-            totals={k: int(v) for k, v in totals.items()},
             last_event_time=int(state.get("lastEventTime") or 0),
             last_event_id=state.get("lastEventId"),
             marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},
@@ -283,16 +270,6 @@ def _legacy_state(attributes: Mapping[str, Any]) -> dict[str, Any]:
         "lastEventTime": attributes.get("lastEventTime") or 0,
         "lastEventId": attributes.get("lastEventId"),
         "served": served,
-    }
-
-
-def _legacy_totals(attributes: Mapping[str, Any]) -> dict[str, int]:
-    # Atlas reads a total never written as 0: only a count of requests says one was written.
-    if not attributes.get("totalRequests"):
-        return {}
-    return {
-        "requests": int(attributes["totalRequests"]),
-        "errors": int(attributes.get("totalErrors") or 0),
     }
 
 
@@ -330,16 +307,15 @@ class Entity:
 
 
 _NO_REFERENCES: Mapping[str, Ref | list[Ref]] = MappingProxyType({})
-_NO_TOTALS: Mapping[str, int] = MappingProxyType({})
 
 
 class Update(NamedTuple):
     """One event's contribution to one entity, before coalescing.
 
-    ``values`` apply only when the event is the newest seen for the entity; ``totals`` are
-    added once per event whatever its age (a late window still happened); ``served`` is merged
-    into the deployment's per-version records (``EntityState.serve``); ``stats`` into a
-    serving stats entity's live figures, once per event like totals.
+    ``values`` apply only when the event is the newest seen for the entity; ``stats`` is merged
+    into a serving stats entity's live figures once per event whatever its age (a late window
+    still happened); ``served`` into the deployment's per-version records
+    (``EntityState.serve``).
     ``key`` is None for immutable entities (data sets, schemas): their values never change.
     """
 
@@ -350,7 +326,6 @@ class Update(NamedTuple):
     classifications: tuple[str, ...] = ()
     key: EventKey | None = None
     event_id: str | None = None
-    totals: Mapping[str, int] = _NO_TOTALS
     # Deployments: the version this event is about and what it says of it.
     served: Served | None = None
     # Serving stats: a window, or a training profile, to merge into the live figures.

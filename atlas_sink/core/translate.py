@@ -6,8 +6,9 @@ Lineage the catalog ends up holding for a served model::
     input topics + model version --> <server>.<model> deployment (Process) --> output topics
 
 Model versions keep type, metrics, artifact location and storage facts, and their input and
-output schemas; deployments keep runtime facts, status and the latest scoring statistics
-plus running totals. Data sets are mapped to Atlas's own types where Atlas has them.
+output schemas; deployments keep runtime facts and status; per deployment and version a
+serving stats entity keeps the latest scoring window and the live figures of every window
+merged. Data sets are mapped to Atlas's own types where Atlas has them.
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ class _Context:
         values: dict[str, object],
         references: dict[str, Ref | list[Ref]] | None = None,
         classifications: Iterable[str] = (),
-        totals: dict[str, int] | None = None,
         served: Served | None = None,
         stats: StatsContribution | None = None,
     ) -> Update:
@@ -140,7 +140,6 @@ class _Context:
             tuple(classifications),
             key=self.key,
             event_id=self.event.envelope.event_id,
-            totals=totals or {},
             served=served,
             stats=stats,
         )
@@ -202,6 +201,14 @@ def _identity_of(deployment: Deployment, model_name: str) -> dict[str, object]:
         "environment": deployment.environment,
         "modelName": model_name,
     }
+
+
+def _deployment_named(ctx: _Context) -> dict[str, object]:
+    """The values its qualifiedName fixes, the same in every event about the deployment: an
+    update without an event's time guard may carry these and nothing else, or an old event
+    could overwrite a newer one's (a changed environment, say)."""
+    identity = _deployment_identity(ctx)
+    return {name: identity[name] for name in ("name", "serverName", "modelName", "cluster")}
 
 
 def _deployment_update(
@@ -564,20 +571,21 @@ def _scoring_stats(ctx: _Context, stats: ScoringStats) -> list[Update]:
     }
     producer = ctx.event.envelope.producer
     return [
-        ctx.mutable(
-            DEPLOYMENT,
-            _deployment_ref(ctx).qualified_name,
-            {**_deployment_identity(ctx), "latestWindow": window},
-            totals={"requests": stats.request_count, "errors": stats.error_count},
-        ),
+        # The deployment only has to exist for the figures to refer to: its identity, written
+        # once and then skipped as unchanged, not a write per window (Atlas's cost is per
+        # entity written).
+        Update(DEPLOYMENT, _deployment_ref(ctx).qualified_name, _deployment_named(ctx)),
         _stats_update(
             ctx,
             StatsContribution(ctx.rules.stats, producer.instance_id, producer.host, window=stats),
+            {"latestWindow": window},
         ),
     ]
 
 
-def _stats_update(ctx: _Context, contribution: StatsContribution) -> Update:
+def _stats_update(
+    ctx: _Context, contribution: StatsContribution, values: dict[str, object] | None = None
+) -> Update:
     """The live figures of the event's model version on its deployment. The entity refers to
     the deployment alone: the deployment is written with every event, the version is not, and
     Atlas refuses a reference to an entity it does not hold."""
@@ -592,6 +600,7 @@ def _stats_update(ctx: _Context, contribution: StatsContribution) -> Update:
             "modelName": model,
             "version": version,
             "serverName": server,
+            **(values or {}),
         },
         references={"deployment": _deployment_ref(ctx)},
         stats=contribution,
