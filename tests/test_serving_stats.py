@@ -8,10 +8,11 @@ sketch merged bucket by bucket), not through the sink's merging code.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -170,6 +171,15 @@ def _stats_entity(entities: dict[Ref, Entity], version: str) -> Entity:
     return entities[Ref(SERVING_STATS, naming.serving_stats(SERVER, "wine", version, CLUSTER))]
 
 
+def _json_map(entity: Entity, name: str) -> dict[str, dict[str, Any]]:
+    """A map attribute of JSON objects (replicas, rollups, features), read back."""
+    return {key: json.loads(text) for key, text in entity.attributes[name].items()}
+
+
+def _ms(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp() * 1000
+
+
 def _assert_figures(entity: Entity, windows: Sequence[ScoringStats]) -> None:
     lifetime = entity.attributes["lifetime"]
     expected = _expected(windows)
@@ -203,7 +213,7 @@ def test_every_window_of_every_replica_is_merged_once_in_any_order(
         ]
         entity = _stats_entity(entities, version)
         _assert_figures(entity, windows)
-        replicas = {r["instance"]: r for r in entity.attributes["replicas"]}
+        replicas = _json_map(entity, "replicas")
         assert sorted(replicas) == ["replica-0", "replica-1", "replica-2"]
         for instance, replica in replicas.items():
             own = [
@@ -215,8 +225,8 @@ def test_every_window_of_every_replica_is_merged_once_in_any_order(
             ]
             assert replica["requests"] == sum(w.request_count for w in own)
             assert replica["host"] == f"host-{instance}"
-            assert replica["firstHeard"] == min(w.window_start for w in own).timestamp() * 1000
-            assert replica["lastHeard"] == max(w.window_end for w in own).timestamp() * 1000
+            assert _ms(replica["firstHeard"]) == min(w.window_start for w in own).timestamp() * 1000
+            assert _ms(replica["lastHeard"]) == max(w.window_end for w in own).timestamp() * 1000
             assert replica["windowSeconds"] == 60
 
 
@@ -246,7 +256,10 @@ def test_rollups_cover_their_period_and_only_the_recent_past() -> None:
     reversed_order = list(reversed(events))
     for arrivals in (events, reversed_order):
         entity = _stats_entity(_apply(arrivals, 7, Rules(stats=policy)), "1")
-        rollups = entity.attributes["rollups"]
+        rollups = [
+            {**r, "start": _ms(start), "end": _ms(r["end"])}
+            for start, r in sorted(_json_map(entity, "rollups").items())
+        ]
         newest_end = max(
             e.payload.window_end for e in events if isinstance(e.payload, ScoringStats)
         )
@@ -275,7 +288,8 @@ def test_a_period_whose_requests_were_all_untimed_has_no_latency() -> None:
     lifetime = entity.attributes["lifetime"]
     assert lifetime["requests"] > 0
     assert not any(name.startswith("latency") for name in lifetime)
-    assert entity.attributes["rollups"][0]["latencySeconds"] == {}
+    (rollup,) = _json_map(entity, "rollups").values()
+    assert rollup["latencySeconds"] == {}
 
 
 def test_replicas_are_bounded_keeping_the_most_recently_heard() -> None:
@@ -284,7 +298,7 @@ def test_replicas_are_bounded_keeping_the_most_recently_heard() -> None:
     events = [_event(f"r{n}", 1, "1", _window(rng, 60 * n)) for n in range(6)]
     random.Random(5).shuffle(events)
     entity = _stats_entity(_apply(events, 2, Rules(stats=policy)), "1")
-    assert [r["instance"] for r in entity.attributes["replicas"]] == ["r3", "r4", "r5"]
+    assert list(_json_map(entity, "replicas")) == ["r3", "r4", "r5"]
     windows = [e.payload for e in events if isinstance(e.payload, ScoringStats)]
     assert entity.attributes["lifetime"]["requests"] == sum(w.request_count for w in windows)
 

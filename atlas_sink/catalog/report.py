@@ -10,6 +10,7 @@ sources, and the processes that use the model with the data flowing through them
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,24 +124,26 @@ def _live(found: list[StoredEntity]) -> dict[str, Any]:
 def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[dict[str, Any]]:
     """Each version the deployment served with its live figures, every replica merged, in
     the order they were first heard of."""
-    replicas = [r for e in found for r in e.attributes.get("replicas") or []]
+    replicas = {e.ref: _json_values(e.attributes.get("replicas")) for e in found}
     # Staleness is judged against the deployment's newest window, not the reader's clock:
     # the same catalog gives the same report whenever it is read.
-    newest = max((int(r.get("lastHeard") or 0) for r in replicas), default=0)
+    heard = [_moment(r.get("lastHeard")) for rs in replicas.values() for r in rs.values()]
+    newest = max((h for h in heard if h is not None), default=None)
     out = []
     for entity in found:
         a = entity.attributes
         lifetime: dict[str, Any] = a.get("lifetime") or {}
         served_by = []
-        for r in a.get("replicas") or []:
-            silent = (newest - int(r.get("lastHeard") or 0)) / 1000
+        for instance, r in sorted(replicas[entity.ref].items()):
+            last = _moment(r.get("lastHeard"))
             window = float(r.get("windowSeconds") or 0)
+            silent = (newest - last).total_seconds() if newest and last else 0.0
             served_by.append(
                 {
-                    "instance": r.get("instance"),
+                    "instance": instance,
                     "host": r.get("host"),
-                    "firstHeard": _millis(r.get("firstHeard")),
-                    "lastHeard": _millis(r.get("lastHeard")),
+                    "firstHeard": r.get("firstHeard"),
+                    "lastHeard": r.get("lastHeard"),
                     "requests": r.get("requests"),
                     "stale": window > 0 and silent > stale_windows * window,
                 }
@@ -161,28 +164,39 @@ def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[di
                 "lastWindowEnd": _millis(a.get("lastWindowEnd")),
                 "replicas": served_by,
                 "rollups": [
-                    {
-                        "start": _millis(r.get("start")),
-                        "end": _millis(r.get("end")),
-                        "requests": r.get("requests"),
-                        "errors": r.get("errors"),
-                        "latencySeconds": r.get("latencySeconds") or {},
-                    }
-                    for r in a.get("rollups") or []
+                    {"start": start, **r}
+                    for start, r in sorted(_json_values(a.get("rollups")).items())
                 ],
                 "drift": a.get("driftVerdict"),
                 "driftedFeatures": a.get("driftedFeatures") or [],
                 "features": [
-                    {
-                        "name": f.get("name"),
-                        "verdict": f.get("verdict"),
-                        **{k: v for k, v in sorted((f.get("figures") or {}).items())},
-                    }
-                    for f in a.get("features") or []
+                    {"name": name, **f}
+                    for name, f in sorted(_json_values(a.get("features")).items())
                 ],
             }
         )
     return sorted(out, key=lambda v: (v["firstWindowStart"] or "", str(v["version"])))
+
+
+def _json_values(value: Any) -> dict[str, dict[str, Any]]:
+    """A map whose values are JSON objects (replicas, rollups, features), read back; a value
+    that is not one (another writer's) is left out rather than failing the report."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, text in (value or {}).items():
+        try:
+            parsed = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(parsed, dict):
+            out[str(key)] = parsed
+    return out
+
+
+def _moment(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text)) if text else None
+    except ValueError:
+        return None
 
 
 def _count(value: Any) -> int | None:

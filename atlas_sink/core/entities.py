@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from atlas_sink.core import sequence_ranges
 from atlas_sink.core.sequence_ranges import Ranges
-from atlas_sink.core.serving_stats import ServingStats, StatsContribution
+from atlas_sink.core.serving_stats import ServingStats, StatsContribution, iso_seconds
 
 # Every mutable entity type carries it (see deploy/atlas/servemeta_typedefs.json). Its name
 # sorts last: Atlas's UI lists an entity's attributes alphabetically.
@@ -275,14 +274,10 @@ def _legacy_state(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _in_words(record: VersionRecord) -> str:
     """``IN_SERVICE since 2026-12-03T19:51:55Z, loaded 2026-12-03T19:51:55Z (reason)``."""
-    text = f"{record.status} since {_iso(record.at)}"
+    text = f"{record.status} since {iso_seconds(record.at)}"
     if record.loaded_at:
-        text += f", loaded {_iso(record.loaded_at)}"
+        text += f", loaded {iso_seconds(record.loaded_at)}"
     return text + (f" ({record.reason})" if record.reason else "")
-
-
-def _iso(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)
