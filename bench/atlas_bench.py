@@ -114,6 +114,93 @@ def _entities(cluster: str, deployments: int) -> list[Any]:
     return target.entities
 
 
+def _live_figures(cluster: str, deployments: int, hours: int) -> list[Any]:
+    """Each deployment's version figures after ``hours`` of windows (one an hour from each of
+    3 replicas, with 13 input features): what the sink writes for a version in steady state,
+    its hourly rollups full. Through translate and coalesce, as the pipeline makes them."""
+    import random
+    from datetime import timedelta
+
+    from atlas_sink.core.coalesce import coalesce
+    from atlas_sink.core.entities import EntityState
+    from atlas_sink.core.translate import SERVING_STATS, Rules, translate
+    from bench.common import realistic_scoring_stats
+    from capture.profile import profile_features
+
+    rng = random.Random(5)
+    base = realistic_scoring_stats()
+    first = datetime.now(UTC) - timedelta(hours=hours + 1)
+    features = profile_features(
+        {f"f{k}": [rng.gauss(k, 1.0) for _ in range(200)] for k in range(13)}
+    )
+    out = []
+    for n in range(deployments):
+        events = []
+        for replica in range(3):
+            for hour in range(hours):
+                start = first + timedelta(hours=hour, seconds=replica)
+                window = type(base)(
+                    window_start=start,
+                    window_end=start + timedelta(seconds=60),
+                    request_count=1000,
+                    error_count=0,
+                    latency=base.latency,
+                    features=features,
+                )
+                events.append(
+                    ModelEvent(
+                        envelope=Envelope(
+                            event_id=str(uuid.uuid4()),
+                            event_time=window.window_end,
+                            producer=Producer(
+                                emitter_name="bench",
+                                emitter_version="0",
+                                host=f"node-{replica}",
+                                pid=1,
+                                instance_id=f"i{n}-{replica}",
+                            ),
+                            sequence=hour + 1,
+                            deployment=Deployment(
+                                server_kind="python", server_name=f"s{n}", cluster=cluster
+                            ),
+                            model=ModelIdentity(name=f"m{n}", version="1"),
+                        ),
+                        payload=window,
+                    )
+                )
+        updates = [u for e in events for u in translate(e, Rules())]
+        result = coalesce(updates, {u.ref: EntityState() for u in updates if u.key is not None})
+        out += result.entities
+    # Deployments first: the figures refer to them.
+    return sorted(out, key=lambda e: e.type_name == SERVING_STATS)
+
+
+def _steady_state(rest: Any, suffix: str, deployments: int) -> Figure:
+    """Updates/s of version figures with 48 hours of rollups, against the same figures after
+    one hour of windows: what Atlas pays for the live figures once they are full."""
+    from atlas_sink.core.translate import SERVING_STATS
+
+    rates = {}
+    for hours in (1, 48):
+        entities = _live_figures(f"steady{hours}-{suffix}", deployments, hours)
+        rest.write(entities)  # created; what is timed is the update every batch makes
+        figures = [e for e in entities if e.type_name == SERVING_STATS]
+        for entity in figures:
+            lifetime = entity.attributes["lifetime"]
+            entity.attributes["lifetime"] = {**lifetime, "requests": lifetime["requests"] + 1}
+        began = time.perf_counter()
+        rest.write(figures)
+        rates[hours] = len(figures) / (time.perf_counter() - began)
+    return Figure(
+        f"atlas_rest_figures_update_{deployments}_full_rollups",
+        rates[48],
+        "entities/s",
+        "the same figures after one hour of windows",
+        rates[1],
+        extra={"rollups": 48, "replicas": 3, "features": 13},
+    )
+
+
 def _poll(check: Any, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -197,6 +284,7 @@ def run() -> Iterator[Figure]:
                 target="ratio >= 0.5 (within 2x of REST)",
                 extra={"entities": len(hooked), "messages": sent.requests},
             )
+        yield _steady_state(rest, suffix, 100)
         for target, rate, limit in LIVE:
             for deployments in SIZES:
                 hook_topic = service.hook_topic
