@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Atlas's own UI showing a served model's lineage, and a deployment's Properties tab, as PNGs
-# taken by headless Chromium.
+# Atlas's own UI showing a served model's lineage, a deployment's Properties tab and its
+# version's live figures, as PNGs taken by headless Chromium.
 #
-#   bash scripts/atlas_screenshot.sh [LINEAGE.png [PROPERTIES.png]]
-#       (defaults: docs/atlas-lineage.png, docs/atlas-deployment-properties.png)
+#   bash scripts/atlas_screenshot.sh [LINEAGE.png [PROPERTIES.png [FIGURES.png]]]
+#       (defaults: docs/atlas-lineage.png, docs/atlas-deployment-properties.png,
+#        docs/atlas-version-figures.png)
 #
 # 1. Starts the project's Kafka and Apache Atlas (python -m local_services; each is reused
 #    when already running; Atlas takes about a minute) -- or uses ATLAS_URL (with
 #    ATLAS_USERNAME / ATLAS_PASSWORD, default admin/admin) and KAFKA_BOOTSTRAP_SERVERS.
 # 2. Emits the lifecycle events of a demo model with the capture emitter (wine 1 in cluster
 #    "demo": trained on file:///data/wine.csv, served from wine-requests to wine-scores, an
-#    output schema change, scoring windows) and loads them into Atlas through the sink
+#    output schema change, scoring windows of two replicas with their inputs' distributions,
+#    a training profile to compare them with) and loads them into Atlas through the sink
 #    (`atlas-sink replay --target atlas-rest`, with a PII rule on the training data).
 # 3. Opens the model version's lineage tab in Atlas's UI with headless Chromium (Debian's
 #    `chromium`, installed with apt-get when missing and running as root), driven by
 #    playwright-core (npm, cached in $SERVEMETA_CACHE_DIR or ~/.cache/servemeta), waits for
 #    the graph to show all five nodes and writes the PNG; then opens the deployment's
-#    Properties tab, waits for its attributes and writes the second PNG.
+#    Properties tab, waits for its attributes and writes the second PNG, and the same for the
+#    version's figures (servemeta_serving_stats) for the third.
 #
 # Kafka and Atlas keep running afterwards, to browse the catalog at the printed address; stop
 # them with `python -m local_services atlas stop` and `python -m local_services kafka stop`.
@@ -26,6 +29,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 OUT="$(realpath -m "${1:-docs/atlas-lineage.png}")"
 OUT_PROPERTIES="$(realpath -m "${2:-docs/atlas-deployment-properties.png}")"
+OUT_FIGURES="$(realpath -m "${3:-docs/atlas-version-figures.png}")"
 PYTHON="${PYTHON:-python}"
 CACHE="${SERVEMETA_CACHE_DIR:-$HOME/.cache/servemeta}"
 PW_DIR="$CACHE/playwright-core"
@@ -78,8 +82,11 @@ from capture.events import (
     Artifact, DataSource, Deployment, FieldSpec, Metric, ModelIdentity, ModelLoaded, ModelType,
     Runtime, Training,
 )
+from capture.profile import profile_features
+import random
 
 topic, cluster = sys.argv[1], sys.argv[2]
+rng = random.Random(7)
 bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 admin = AdminClient({"bootstrap.servers": bootstrap})
 if topic not in admin.list_topics(timeout=15).topics:
@@ -122,23 +129,42 @@ loaded = ModelLoaded(
     owner="data-science",
     tags=["demo"],
     classifications=["Confidential"],
+    training_profile=profile_features(
+        {
+            "alcohol": [rng.gauss(13.0, 0.8) for _ in range(500)],
+            "color_intensity": [rng.gauss(5.0, 2.0) for _ in range(500)],
+            "proline": [rng.gauss(750.0, 300.0) for _ in range(500)],
+        }
+    ),
 )
 deployment = Deployment(server_kind="python", server_name="wine-scorer", cluster=cluster)
-with Emitter(EmitterConfig(bootstrap_servers=bootstrap, topic=topic), deployment) as emitter:
-    emitter.model_loaded(wine, loaded)
-    emitter.schema_changed(wine, "OUTPUT", scores_v2, previous=scores)
-    recorder = emitter.scoring_recorder(wine, window_seconds=3600)
-    for latency in (0.004, 0.002, 0.003, 0.011, 0.002):
-        recorder.record(latency)
-    recorder.record(0.050, error="timeout")
-print(f"emitted {emitter.stats().delivered} events to {topic}", file=sys.stderr)
+delivered = 0
+for replica in range(2):  # two replicas of the deployment, an emitter each
+    with Emitter(EmitterConfig(bootstrap_servers=bootstrap, topic=topic), deployment) as emitter:
+        if replica == 0:
+            emitter.model_loaded(wine, loaded)
+            emitter.schema_changed(wine, "OUTPUT", scores_v2, previous=scores)
+        recorder = emitter.scoring_recorder(wine, window_seconds=3600)
+        for _ in range(200):
+            recorder.record(rng.lognormvariate(-5.5, 0.5))
+            # Served alcohol runs a point higher than trained on: drift to see.
+            recorder.record_features(
+                {
+                    "alcohol": rng.gauss(14.0, 0.8),
+                    "color_intensity": rng.gauss(5.0, 2.0),
+                    "proline": rng.gauss(750.0, 300.0),
+                }
+            )
+        recorder.record(0.050, error="timeout")
+    delivered += emitter.stats().delivered
+print(f"emitted {delivered} events to {topic}", file=sys.stderr)
 PY
 
 SINK_TOPICS="$TOPIC" SINK_DLQ_TOPIC="$TOPIC.dlq" SINK_GROUP_ID=servemeta-screenshot \
 SINK_CLASSIFICATION_RULES='[{"classification": "PII", "dataset_pattern": "wine\\.csv$"}]' \
     "$PYTHON" -m atlas_sink --log-level WARNING replay --from-beginning --target atlas-rest --no-progress >&2
 
-guid_of() {  # guid_of version|deployment: the guid of the demo's model version or deployment
+guid_of() {  # guid_of version|deployment|figures: the guid of one of the demo's entities
     "$PYTHON" - "$CLUSTER" "$1" <<'PY'
 import os
 import sys
@@ -151,6 +177,9 @@ cluster, kind = sys.argv[1:]
 type_name, qualified_name = {
     "version": ("servemeta_model_version", naming.model_version("wine", "1", cluster)),
     "deployment": ("servemeta_deployment", naming.deployment("wine-scorer", "wine", cluster)),
+    "figures": (
+        "servemeta_serving_stats", naming.serving_stats("wine-scorer", "wine", "1", cluster)
+    ),
 }[kind]
 answer = requests.get(
     f"{os.environ['ATLAS_URL']}/api/atlas/v2/entity/uniqueAttribute/type/{type_name}",
@@ -165,6 +194,7 @@ PY
 }
 GUID="$(guid_of version)"
 DEPLOYMENT_GUID="$(guid_of deployment)"
+FIGURES_GUID="$(guid_of figures)"
 say "model version wine.1@$CLUSTER is $GUID, its deployment $DEPLOYMENT_GUID"
 
 # -- the screenshot ---------------------------------------------------------------------------
@@ -176,7 +206,8 @@ import { createRequire } from "module";
 
 const require = createRequire(process.env.PW_DIR + "/");
 const { chromium } = require("playwright-core");
-const [atlas, guid, out, deploymentGuid, outProperties] = process.argv.slice(2);
+const [atlas, guid, out, deploymentGuid, outProperties, figuresGuid, outFigures] =
+  process.argv.slice(2);
 const credentials = `${process.env.ATLAS_USERNAME}:${process.env.ATLAS_PASSWORD}`;
 // launch() runs Chromium on a fresh temporary profile (user data dir) of its own.
 const browser = await chromium.launch({
@@ -218,18 +249,35 @@ try {
     { timeout: 60000 },
   );
   const properties = await page.$eval("#tab-details", (tab) => tab.textContent);
-  for (const expected of ["serverKind", "wine-scorer", "currentVersion", "latestWindow", "latencyP99Seconds"]) {
+  for (const expected of ["serverKind", "wine-scorer", "currentVersion", "servedVersions"]) {
     if (!properties.includes(expected)) {
       throw new Error(`the Properties tab shows no ${expected}`);
     }
   }
   await page.waitForTimeout(500);
   await page.screenshot({ path: outProperties, fullPage: true });
+
+  // The version's live figures: every replica's windows merged, rollups, drift.
+  await page.goto(`${atlas}/index.html#!/detailPage/${figuresGuid}?tabActive=properties`);
+  await page.waitForFunction(
+    () => /lifetime/.test(document.querySelector("#tab-details")?.textContent || ""),
+    null,
+    { timeout: 60000 },
+  );
+  const figures = await page.$eval("#tab-details", (tab) => tab.textContent);
+  for (const expected of ["lifetime", "latencyP99Seconds", "replicas", "rollups", "driftVerdict", "psi="]) {
+    if (!figures.includes(expected)) {
+      throw new Error(`the figures' Properties tab shows no ${expected}`);
+    }
+  }
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: outFigures, fullPage: true });
 } finally {
   await browser.close();
 }
 JS
 PW_DIR="$PW_DIR" CHROMIUM="$CHROMIUM" node "$SCRIPT" "$ATLAS_URL" "$GUID" "$OUT" \
-    "$DEPLOYMENT_GUID" "$OUT_PROPERTIES"
+    "$DEPLOYMENT_GUID" "$OUT_PROPERTIES" "$FIGURES_GUID" "$OUT_FIGURES"
 say "wrote $OUT (Atlas: $ATLAS_URL/index.html#!/detailPage/$GUID?tabActive=lineage)"
 say "wrote $OUT_PROPERTIES (Atlas: $ATLAS_URL/index.html#!/detailPage/$DEPLOYMENT_GUID?tabActive=properties)"
+say "wrote $OUT_FIGURES (Atlas: $ATLAS_URL/index.html#!/detailPage/$FIGURES_GUID?tabActive=properties)"

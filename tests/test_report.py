@@ -16,7 +16,7 @@ from atlas_sink.catalog.atlas_reader import propagation_pending
 from atlas_sink.catalog.lineage_picture import render_html, render_svg
 from atlas_sink.catalog.model import LineageGraph, Referrer, StoredEntity
 from atlas_sink.catalog.reader import ModelNotFound, find_model
-from atlas_sink.catalog.report import build_report, render_text, storage_assessment
+from atlas_sink.catalog.report import build_report, live_notes, render_text, storage_assessment
 from atlas_sink.core.decode import Decoder
 from atlas_sink.core.pipeline import Pipeline, RawMessage
 from atlas_sink.core.translate import MODEL, ClassificationRule, Rules
@@ -377,3 +377,17 @@ def test_lineage_and_report_show_the_same_graph_with_the_deployments_inputs(
     assert deployments
     edges = {(r["fromEntityId"], r["toEntityId"]) for r in shown["relations"]}
     assert ("kafka_topic:wine-requests@local", deployments[0]) in edges
+
+
+def test_the_lineage_picture_shows_each_version_s_live_figures(catalog: LocalCatalog) -> None:
+    report = build_report(catalog, "wine")  # version 2, which the deployment serves now
+    notes = live_notes(report)
+    (deployment,) = [k for k in report.lineage.nodes if k.startswith("servemeta_deployment:")]
+    # Version 1 scored the one window (10 requests, 1 error); version 2 none yet. The p99 is
+    # read from the window's sketch (10 values near 2.5 ms), not taken from its own claim.
+    assert notes[deployment] == ["v1: 10 req, 10.0% err, p99 2.5 ms, 1 replicas"]
+    root = ET.fromstring(render_svg(report.lineage, "Lineage of wine 1", notes))
+    shown = [
+        t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "note"
+    ]
+    assert shown == notes[deployment]

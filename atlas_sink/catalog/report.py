@@ -10,7 +10,6 @@ sources, and the processes that use the model with the data flowing through them
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from atlas_sink.catalog.reader import (
 )
 from atlas_sink.core import naming
 from atlas_sink.core.entities import Ref
+from atlas_sink.core.serving_stats import from_words
 from atlas_sink.core.translate import (
     DEPLOYMENT,
     ENCRYPTED,
@@ -124,7 +124,7 @@ def _live(found: list[StoredEntity]) -> dict[str, Any]:
 def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[dict[str, Any]]:
     """Each version the deployment served with its live figures, every replica merged, in
     the order they were first heard of."""
-    replicas = {e.ref: _json_values(e.attributes.get("replicas")) for e in found}
+    replicas = {e.ref: _entries(e.attributes.get("replicas")) for e in found}
     # Staleness is judged against the deployment's newest window, not the reader's clock:
     # the same catalog gives the same report whenever it is read.
     heard = [_moment(r.get("lastHeard")) for rs in replicas.values() for r in rs.values()]
@@ -164,32 +164,32 @@ def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[di
                 "lastWindowEnd": _millis(a.get("lastWindowEnd")),
                 "replicas": served_by,
                 "rollups": [
-                    {"start": start, **r}
-                    for start, r in sorted(_json_values(a.get("rollups")).items())
+                    {
+                        "start": start,
+                        "end": r.get("end"),
+                        "requests": r.get("requests"),
+                        "errors": r.get("errors"),
+                        "latencySeconds": {
+                            k: r[f"latency{k.title()}Seconds"]
+                            for k in ("min", "mean", "p50", "p95", "p99", "max")
+                            if f"latency{k.title()}Seconds" in r
+                        },
+                    }
+                    for start, r in sorted(_entries(a.get("rollups")).items())
                 ],
                 "drift": a.get("driftVerdict"),
                 "driftedFeatures": a.get("driftedFeatures") or [],
                 "features": [
-                    {"name": name, **f}
-                    for name, f in sorted(_json_values(a.get("features")).items())
+                    {"name": name, **f} for name, f in sorted(_entries(a.get("features")).items())
                 ],
             }
         )
     return sorted(out, key=lambda v: (v["firstWindowStart"] or "", str(v["version"])))
 
 
-def _json_values(value: Any) -> dict[str, dict[str, Any]]:
-    """A map whose values are JSON objects (replicas, rollups, features), read back; a value
-    that is not one (another writer's) is left out rather than failing the report."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, text in (value or {}).items():
-        try:
-            parsed = json.loads(text)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(parsed, dict):
-            out[str(key)] = parsed
-    return out
+def _entries(value: Any) -> dict[str, dict[str, Any]]:
+    """A map of ``key=value; ...`` entries (replicas, rollups, features), read back."""
+    return {str(key): from_words(text) for key, text in (value or {}).items()}
 
 
 def _moment(text: Any) -> datetime | None:

@@ -19,7 +19,6 @@ it); past ``max_features`` names, the features first heard of later are counted,
 from __future__ import annotations
 
 import base64
-import json
 import math
 import zlib
 from array import array
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any, NamedTuple
+from urllib.parse import quote, unquote
 
 from capture.encoding import micros
 from capture.events import FeatureSketch, FeatureSummary, LogSketch, ScoringStats
@@ -631,7 +631,7 @@ class ServingStats:
             # its own and rewrites them all with every write (about 5x slower per entity with
             # 48 rollups, measured), where a map of strings is properties of the entity's.
             attributes["replicas"] = {
-                instance: _text(
+                instance: as_words(
                     {
                         "host": r.host,
                         "firstHeard": iso_seconds(r.first_heard),
@@ -644,12 +644,12 @@ class ServingStats:
             }
             span = self.rollup_micros
             attributes["rollups"] = {
-                iso_seconds(period): _text(
+                iso_seconds(period): as_words(
                     {
                         "end": iso_seconds(period + span),
                         "requests": w.requests,
                         "errors": w.errors,
-                        "latencySeconds": w.latency_seconds(),
+                        **{f"latency{k.title()}Seconds": v for k, v in w.latency_seconds().items()},
                     }
                 )
                 for period, w in sorted(self.rollups.items())
@@ -657,7 +657,7 @@ class ServingStats:
         features = self.drift()
         if features:
             attributes["features"] = {
-                f["name"]: _text({"verdict": f["verdict"], **f["figures"]}) for f in features
+                f["name"]: as_words({"verdict": f["verdict"], **f["figures"]}) for f in features
             }
             verdicts = [f["verdict"] for f in features]
             attributes["driftVerdict"] = (
@@ -737,8 +737,40 @@ def iso_seconds(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
-def _text(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+# Entries of replicas, rollups and features that are text; every other entry is a number.
+TEXT_ENTRIES = frozenset({"host", "firstHeard", "lastHeard", "end", "verdict"})
+
+
+def as_words(value: Mapping[str, Any]) -> str:
+    """``requests=402; errors=2; latencyP99Seconds=0.0142``: one entry of a map for people
+    (Atlas's UI shows a JSON value's quotes as ``&quot;``) that ``from_words`` reads back.
+    Numbers keep every digit (``repr``); text is percent-encoded where it holds ``;``, ``=``
+    or ``%``, so any host name reads back as it was."""
+    return "; ".join(
+        f"{key}={value!r}" if isinstance(value, float) else f"{key}={quote(str(value), safe=' :+')}"
+        for key, value in value.items()
+    )
+
+
+def from_words(text: str) -> dict[str, Any]:
+    """What ``as_words`` wrote: the entries named in ``TEXT_ENTRIES`` as text, the others as
+    numbers (an entry that is not one is left out rather than misread)."""
+    out: dict[str, Any] = {}
+    for part in str(text).split("; "):
+        key, sep, raw = part.partition("=")
+        if not sep:
+            continue
+        if key in TEXT_ENTRIES:
+            out[key] = unquote(raw)
+            continue
+        try:
+            out[key] = int(raw)
+        except ValueError:
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                continue
+    return out
 
 
 def _grow(partials: list[float], value: float) -> None:
