@@ -1,7 +1,9 @@
 """A bounded traffic generator: wine-like scoring requests at a chosen rate for a chosen time.
 
-Rows are drawn per cultivar from the wine data's own means and spreads (clipped to the data's
-range), so the model sees realistic inputs and predicts all three classes. A small share of
+Rows are the wine data's own rows, picked per cultivar as often as the data has them, each
+value nudged by a tenth of its cultivar's spread (clipped to the data's range): the model
+sees realistic inputs, predicts all three classes, and the inputs served look like those it
+was trained on (the sink's drift check finds them stable). A small share of
 requests is malformed on purpose, so the server's error counts have something to count.
 
     python -m demo.traffic --rate 20 --duration 30      # KAFKA_BOOTSTRAP_SERVERS names the broker
@@ -36,6 +38,7 @@ class FeatureProfile:
     spreads: tuple[tuple[float, ...], ...]
     lows: tuple[float, ...]
     highs: tuple[float, ...]
+    rows: tuple[tuple[tuple[float, ...], ...], ...] = ()  # [cultivar][row][feature]
 
     @classmethod
     def from_wine(cls) -> FeatureProfile:
@@ -44,11 +47,13 @@ class FeatureProfile:
         data = load_data()
         classes = sorted(set(data.target.tolist()))
         means, spreads, priors = [], [], []
+        examples: list[tuple[tuple[float, ...], ...]] = []
         for label in classes:
             rows = data.features[data.target == label]
             means.append(tuple(float(v) for v in rows.mean(axis=0)))
             spreads.append(tuple(float(v) for v in rows.std(axis=0)))
             priors.append(len(rows) / len(data.target))
+            examples.append(tuple(tuple(float(v) for v in row) for row in rows))
         return cls(
             names=data.feature_names,
             priors=tuple(priors),
@@ -56,6 +61,7 @@ class FeatureProfile:
             spreads=tuple(spreads),
             lows=tuple(float(v) for v in data.features.min(axis=0)),
             highs=tuple(float(v) for v in data.features.max(axis=0)),
+            rows=tuple(examples),
         )
 
 
@@ -74,12 +80,15 @@ class RequestFactory:
         self._rng = random.Random(seed)
 
     def row(self) -> tuple[int, dict[str, float]]:
-        """A cultivar and a feature row drawn around that cultivar's means."""
+        """A cultivar and one of its rows in the data, each value nudged; without rows (a
+        profile built by hand), drawn around the cultivar's means."""
         p = self.profile
         cultivar = self._rng.choices(range(len(p.priors)), weights=p.priors)[0]
+        example = self._rng.choice(p.rows[cultivar]) if p.rows else p.means[cultivar]
+        nudge = 0.1 if p.rows else 1.0
         values = {}
         for i, name in enumerate(p.names):
-            value = self._rng.gauss(p.means[cultivar][i], p.spreads[cultivar][i])
+            value = self._rng.gauss(example[i], nudge * p.spreads[cultivar][i])
             values[name] = round(min(max(value, p.lows[i]), p.highs[i]), 3)
         return cultivar, values
 

@@ -551,13 +551,13 @@ def _features_table(deployment: str, version: dict[str, Any]) -> list[str]:
         return []
     out = [
         f"  inputs of version {version['version']} on {deployment}, training vs serving:",
-        f"    {'feature':<22} {'training mean':>13} {'serving mean':>13} {'serving nulls':>13} "
+        f"    {'feature':<22} {'training mean':>14} {'serving mean':>14} {'serving nulls':>14} "
         f"{'PSI':>7}  verdict",
     ]
     for f in version["features"]:
         out.append(
-            f"    {str(f['name'])[:22]:<22} {_number(f.get('trainingMean')):>13} "
-            f"{_number(f.get('servingMean')):>13} {_number(f.get('servingNulls'), '.0f'):>13} "
+            f"    {str(f['name'])[:22]:<22} {_number(f.get('trainingMean')):>14} "
+            f"{_number(f.get('servingMean')):>14} {_number(f.get('servingNulls'), '.0f'):>14} "
             f"{_number(f.get('psi'), '.3f'):>7}  {f['verdict']}"
         )
     return out
