@@ -306,7 +306,9 @@ class _FeatureAggregate:
             null_count=self.null_count,
             min=self.low if numeric else None,
             max=self.high if numeric else None,
-            mean=self.total / numeric if numeric else None,
+            # A sum past the largest double (values near it) leaves the mean unknown rather
+            # than failing the whole window.
+            mean=self.total / numeric if numeric and math.isfinite(self.total) else None,
             distribution=self.sketch.to_event() if numeric else None,
         )
 

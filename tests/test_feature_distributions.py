@@ -212,3 +212,30 @@ def test_the_latency_sketch_passes_the_same_checks(
     with pytest.raises(InvalidEvent) as raised:
         _decoded(record)
     assert (raised.value.reason, message in raised.value.message) == (reason, True)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda latency: latency.update(mean=1e306, max=1e306),
+            "latency summary must stay within 1e+06 s",
+        ),
+        (
+            lambda latency: latency["sketch"].update(first_index=35_000, counts=[1]),
+            "latency.sketch has buckets above 1e+06 s",
+        ),
+    ],
+    ids=["mean", "sketch"],
+)
+def test_latencies_past_what_a_recorder_keeps_are_refused(
+    mutate: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """A mean of 1e306 s over a thousand requests would overflow the sink's exact latency
+    sums, and a bucket of 1e300 s its quantiles: refused before either, with the reason."""
+    record = to_avro(ModelEvent(envelope=envelope(2), payload=scoring_stats()))
+    mutate(record["payload"][1]["latency"])
+    with pytest.raises(InvalidEvent) as raised:
+        _decoded(record)
+    assert raised.value.reason == "inconsistent"
+    assert message in raised.value.message

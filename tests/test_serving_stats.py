@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from atlas_sink.core.translate import SERVING_STATS, Rules, translate
 from capture.events import (
     Deployment,
     Envelope,
+    FeatureSummary,
     LatencySummary,
     LogSketch,
     ModelEvent,
@@ -38,7 +40,7 @@ from capture.events import (
     Producer,
     ScoringStats,
 )
-from capture.stats import Sketch
+from capture.stats import MAX_ERROR_KINDS, Sketch
 from tests.conftest import T0
 
 CLUSTER = "local"
@@ -331,7 +333,9 @@ def test_merged_sketches_stay_bounded() -> None:
     assert counts.counts[-10:] == [2] * 10
 
 
-def test_a_sketch_of_another_accuracy_is_counted_not_merged() -> None:
+def test_a_sketch_of_another_accuracy_is_re_bucketed_the_same_in_any_order() -> None:
+    """An emitter with another accuracy (a rollout of a new setting, another language's
+    emitter) neither loses its latencies nor decides, by coming first, how the others merge."""
     rng = random.Random(6)
     first = _window(rng, 0)
     coarse = Sketch(0.05)
@@ -339,10 +343,61 @@ def test_a_sketch_of_another_accuracy_is_counted_not_merged() -> None:
     other = dataclasses.replace(
         _window(rng, 60), latency=dataclasses.replace(first.latency, sketch=coarse.to_event())
     )
-    entity = _stats_entity(_apply([_event("r", 1, "1", first), _event("r", 2, "1", other)], 2), "1")
-    lifetime: dict[str, Any] = entity.attributes["lifetime"]
-    assert lifetime["requests"] == first.request_count + other.request_count
-    assert lifetime["latencyP99Seconds"] == _expected([first])["latencyP99Seconds"]
+    events = [_event("r", 1, "1", first), _event("r", 2, "1", other)]
+    ab = _stats_entity(_apply(events, 2), "1").attributes["lifetime"]
+    ba = _stats_entity(_apply(events[::-1], 2), "1").attributes["lifetime"]
+    assert ab == ba
+    assert ab["requests"] == first.request_count + other.request_count
+    assert ab["latencyMaxSeconds"] == max(first.latency.max, other.latency.max)
+
+
+def test_feature_means_stay_exact_and_finite_near_the_largest_double() -> None:
+    """Two windows of one value near the largest double each: a float sum would overflow
+    (and crash every write of the entity); the mean is that value, in either order."""
+    rng = random.Random(8)
+    huge = FeatureSummary(name="f", count=1, min=1e308, max=1e308, mean=1e308)
+    negative = FeatureSummary(name="f", count=1, min=-1e308, max=-1e308, mean=-1e308)
+    windows = [
+        dataclasses.replace(_window(rng, 60 * n), features=[summary])
+        for n, summary in enumerate((huge, huge, negative))
+    ]
+    events = [_event("r", n + 1, "1", w) for n, w in enumerate(windows)]
+    for order in (events, events[::-1]):
+        features = _json_map(_stats_entity(_apply(order, 1), "1"), "features")
+        assert features["f"]["servingMean"] == pytest.approx(1e308 / 3)
+
+
+def test_error_kinds_are_bounded_the_same_in_any_order() -> None:
+    """Kinds are free text (an exception's message): past the bound the names that sort last
+    are counted as ``other``, and since a kind kept at the end was kept all along, the counts
+    do not depend on the order windows come in."""
+    rng = random.Random(9)
+    windows = []
+    for n in range(30):
+        kinds = {f"kind-{rng.randrange(400):03d}": 1 for _ in range(8)}
+        window = _window(rng, 60 * n)
+        windows.append(
+            dataclasses.replace(
+                window,
+                error_count=sum(kinds.values()),
+                errors_by_kind=kinds,
+                request_count=max(window.request_count, sum(kinds.values())),
+            )
+        )
+    events = [_event("r", n + 1, "1", w) for n, w in enumerate(windows)]
+    shuffled = list(events)
+    random.Random(10).shuffle(shuffled)
+    first = _stats_entity(_apply(events, 3), "1").attributes["errorsByKind"]
+    again = _stats_entity(_apply(shuffled, 7), "1").attributes["errorsByKind"]
+    assert first == again
+    assert len(first) == MAX_ERROR_KINDS
+    assert sum(first.values()) == sum(w.error_count for w in windows)
+    everything: dict[str, int] = {}
+    for w in windows:
+        for kind, count in w.errors_by_kind.items():
+            everything[kind] = everything.get(kind, 0) + count
+    kept = sorted(everything)[: MAX_ERROR_KINDS - 1]
+    assert {k: first[k] for k in kept} == {k: everything[k] for k in kept}
 
 
 @given(

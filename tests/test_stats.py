@@ -367,3 +367,16 @@ def test_the_distribution_function_is_a_distribution_function(
     shares = [sketch.fraction_at_or_below(x) for x in sorted(cuts)]
     assert all(0.0 <= s <= 1.0 + 1e-12 for s in shares)
     assert all(a <= b + 1e-12 for a, b in itertools.pairwise(shares))
+
+
+def test_a_feature_sum_past_the_largest_double_leaves_its_mean_unknown_not_the_window_lost() -> (
+    None
+):
+    recorder = ScoringRecorder(60, now=T0)
+    recorder.record(0.01)
+    recorder.record_features({"f": 1e308})
+    recorder.record_features({"f": 1e308})
+    stats = recorder.close_window(T0 + timedelta(seconds=60))
+    assert stats is not None and stats.request_count == 1
+    (feature,) = stats.features
+    assert (feature.count, feature.min, feature.max, feature.mean) == (2, 1e308, 1e308, None)

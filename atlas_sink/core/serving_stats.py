@@ -20,20 +20,34 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 import zlib
 from array import array
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 from capture.encoding import micros
 from capture.events import FeatureSketch, FeatureSummary, LogSketch, ScoringStats
-from capture.stats import Sketch, population_stability_index
+from capture.stats import (
+    DEFAULT_FEATURE_RELATIVE_ACCURACY,
+    DEFAULT_RELATIVE_ACCURACY,
+    MAX_ERROR_KINDS,
+    OTHER_ERROR_KIND,
+    Sketch,
+    population_stability_index,
+)
 
+# The accuracies merged figures are kept at, the emitter's defaults: a window or profile
+# of another is re-bucketed to them, so no arrival order decides which accuracy wins.
+LATENCY_ACCURACY = DEFAULT_RELATIVE_ACCURACY
+FEATURE_ACCURACY = DEFAULT_FEATURE_RELATIVE_ACCURACY
 # Merged sketches keep at most this many buckets; past it the lowest fold into one, which
 # keeps the error bound on every quantile above the folded range (the ones that matter for
 # latency: p50 and up).
@@ -93,17 +107,38 @@ class Packed(NamedTuple):
     total: int  # zero + every bucket
 
     @classmethod
-    def of(cls, sketch: LogSketch) -> Packed:
+    def of(cls, sketch: LogSketch, accuracy: float) -> Packed:
+        """The sketch's buckets at ``accuracy``: as they are when the sketch has it (the usual
+        case), else each bucket's value put in the bucket that holds it at ``accuracy``. Every
+        window then merges the same way whatever came before it."""
         counts = sketch.counts
+        first = sketch.first_index
+        if sketch.relative_accuracy != accuracy and counts:
+            first, counts = _rebucket(sketch, accuracy)
         zero = sketch.zero_count
-        return cls(
-            sketch.relative_accuracy,
-            zero,
-            sketch.first_index,
-            len(counts),
-            _pack(counts),
-            zero + sum(counts),
-        )
+        return cls(accuracy, zero, first, len(counts), _pack(counts), zero + sum(counts))
+
+
+@lru_cache(maxsize=64)
+def _sketch(accuracy: float) -> Sketch:
+    return Sketch(accuracy)
+
+
+def _rebucket(sketch: LogSketch, accuracy: float) -> tuple[int, list[int]]:
+    source, target = _sketch(sketch.relative_accuracy), _sketch(accuracy)
+    inverse = 1.0 / math.log(target.gamma)
+    moved: dict[int, int] = {}
+    for k, count in enumerate(sketch.counts):
+        if count:
+            value = source.bucket_value(sketch.first_index + k)
+            # The top bucket of the doubles reads as infinity: it stays the top one.
+            index = math.ceil(math.log(min(value, sys.float_info.max)) * inverse)
+            moved[index] = moved.get(index, 0) + count
+    first = min(moved)
+    dense = [0] * (max(moved) - first + 1)
+    for index, count in moved.items():
+        dense[index - first] = count
+    return first, dense
 
 
 def _pack(counts: Sequence[int]) -> int:
@@ -147,7 +182,7 @@ class Counts:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def add(self, sketch: LogSketch) -> bool:
-        return self.add_packed(Packed.of(sketch))
+        return self.add_packed(Packed.of(sketch, self.accuracy))
 
     def add_packed(self, incoming: Packed) -> bool:
         """False when the sketch has another accuracy: its buckets do not line up."""
@@ -258,8 +293,6 @@ class Distribution(NamedTuple):
     negative: Counts
 
     def add(self, sketch: FeatureSketch) -> bool:
-        if sketch.negative.relative_accuracy != self.positive.accuracy:
-            return False
         return self.positive.add(sketch.positive) and self.negative.add(sketch.negative)
 
     def to_event(self) -> FeatureSketch:
@@ -270,8 +303,7 @@ class Distribution(NamedTuple):
 
     @classmethod
     def of(cls, sketch: FeatureSketch) -> Distribution:
-        accuracy = sketch.positive.relative_accuracy
-        merged = cls(Counts(accuracy), Counts(accuracy))
+        merged = cls(Counts(FEATURE_ACCURACY), Counts(FEATURE_ACCURACY))
         merged.add(sketch)
         return merged
 
@@ -284,7 +316,8 @@ class FeatureStats:
     nulls: int = 0
     low: float | None = None
     high: float | None = None
-    total: list[float] = field(default_factory=list)  # sum of the non-null numbers (exact)
+    # The sum of the non-null numbers, exact: the same in any order, never past a double.
+    total: Fraction = field(default_factory=Fraction)
     numeric: int = 0  # how many numbers ``total`` sums
     distribution: Distribution | None = None
     # Windows whose distribution could not merge (another sketch accuracy): counted, not lost.
@@ -299,7 +332,7 @@ class FeatureStats:
             self.high = summary.max if self.high is None else max(self.high, summary.max)
         if summary.mean is not None:
             numbers = summary.count - summary.null_count
-            _grow(self.total, summary.mean * numbers)
+            self.total += Fraction(summary.mean) * numbers
             self.numeric += numbers
         sketch = summary.distribution
         if sketch is None:
@@ -311,7 +344,7 @@ class FeatureStats:
 
     @property
     def mean(self) -> float | None:
-        return math.fsum(self.total) / self.numeric if self.numeric else None
+        return float(self.total / self.numeric) if self.numeric else None
 
     def figures(self, prefix: str) -> dict[str, float]:
         known = {
@@ -329,7 +362,7 @@ class FeatureStats:
             self.nulls,
             self.low,
             self.high,
-            list(self.total),
+            self.total,
             self.numeric,
             self.distribution.copy() if self.distribution else None,
             self.unmerged,
@@ -342,7 +375,7 @@ class FeatureStats:
             self.nulls,
             self.low,
             self.high,
-            self.total,
+            [self.total.numerator, self.total.denominator],
             self.numeric,
             [dist.positive.to_state(), dist.negative.to_state()] if dist else None,
             self.unmerged,
@@ -356,7 +389,7 @@ class FeatureStats:
             int(nulls),
             low,
             high,
-            [float(x) for x in total],
+            Fraction(int(total[0]), int(total[1])),
             int(numeric),
             Distribution(Counts.from_state(dist[0]), Counts.from_state(dist[1])) if dist else None,
             int(unmerged),
@@ -398,7 +431,7 @@ class Window:
         if not timed:
             return
         if self.latency is None:
-            self.latency = Counts(packed.accuracy)
+            self.latency = Counts(LATENCY_ACCURACY)
         if not self.latency.add_packed(packed):
             self.unmerged += 1
             return
@@ -515,10 +548,10 @@ class ServingStats:
         policy = contribution.policy
         start = micros(window.window_start)
         end = micros(window.window_end)
-        packed = Packed.of(window.latency.sketch)
+        packed = Packed.of(window.latency.sketch, LATENCY_ACCURACY)
         self.lifetime.add(window, packed)
-        for kind, count in window.errors_by_kind.items():
-            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
+        if window.errors_by_kind:
+            self._count_errors(window.errors_by_kind)
         self.windows += 1
         if not self.first_start or start < self.first_start:
             self.first_start = start
@@ -534,6 +567,17 @@ class ServingStats:
                     continue
                 feature = self.features[summary.name] = FeatureStats()
             feature.add(summary)
+
+    def _count_errors(self, by_kind: Mapping[str, int]) -> None:
+        kinds = self.errors_by_kind
+        for kind, count in by_kind.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+        if len(kinds) > MAX_ERROR_KINDS:
+            # The kinds whose names sort first are kept, the rest counted as ``other``: a
+            # kind kept at the end was kept all along, so the counts are the same in any order.
+            named = sorted(k for k in kinds if k != OTHER_ERROR_KIND)
+            folded = sum(kinds.pop(k) for k in named[MAX_ERROR_KINDS - 1 :])
+            kinds[OTHER_ERROR_KIND] = kinds.get(OTHER_ERROR_KIND, 0) + folded
 
     def _heard(self, contribution: StatsContribution, start: int, end: int, requests: int) -> None:
         instance = contribution.instance
@@ -771,25 +815,6 @@ def from_words(text: str) -> dict[str, Any]:
             except ValueError:
                 continue
     return out
-
-
-def _grow(partials: list[float], value: float) -> None:
-    """Add ``value`` to an exact sum kept as non-overlapping floats (Shewchuk's algorithm,
-    as ``math.fsum`` runs it): ``math.fsum(partials)`` is then the correctly rounded total,
-    the same whatever order the values came in, so a replay's means equal the live run's."""
-    if not math.isfinite(value):
-        return
-    count = 0
-    for partial in partials:
-        if abs(value) < abs(partial):
-            value, partial = partial, value
-        high = value + partial
-        low = partial - (high - value)
-        if low:
-            partials[count] = low
-            count += 1
-        value = high
-    partials[count:] = [value]
 
 
 def _psi(training: FeatureStats | None, serving: FeatureStats | None) -> float | None:

@@ -24,7 +24,7 @@ from capture.events import (
     SchemaChanged,
     ScoringStats,
 )
-from capture.stats import MIN_RELATIVE_ACCURACY, Sketch
+from capture.stats import MAX_LATENCY_SECONDS, MIN_RELATIVE_ACCURACY, Sketch
 from capture.typecheck import has_control_characters
 
 
@@ -193,7 +193,22 @@ def _check_stats(stats: ScoringStats, limits: Limits, now: datetime) -> None:
         raise InvalidEvent(
             "inconsistent", f"latency summary must be finite, >= 0 and min <= max: {values}"
         )
+    if max(values) > MAX_LATENCY_SECONDS:
+        raise InvalidEvent(
+            "inconsistent",
+            f"latency summary must stay within {MAX_LATENCY_SECONDS:g} s, the longest latency a "
+            f"recorder keeps, got {values}",
+        )
     _check_sketch("latency.sketch", latency.sketch, limits)
+    sketch = latency.sketch
+    if sketch.counts and sketch.first_index + len(sketch.counts) - 1 > _latency_top(
+        sketch.relative_accuracy
+    ):
+        raise InvalidEvent(
+            "inconsistent",
+            f"latency.sketch has buckets above {MAX_LATENCY_SECONDS:g} s, the longest latency a "
+            "recorder keeps: compute bucket indexes as schemas/README.md says",
+        )
 
 
 def _check_features(where: str, features: list[FeatureSummary], limits: Limits) -> None:
@@ -238,6 +253,13 @@ def _check_features(where: str, features: list[FeatureSummary], limits: Limits) 
 def _bucket_range(accuracy: float) -> tuple[int, int]:
     # Every window has a sketch per feature, and nearly all share one accuracy.
     return Sketch(accuracy).index_range()
+
+
+@functools.lru_cache(maxsize=64)
+def _latency_top(accuracy: float) -> int:
+    """The bucket index holding ``MAX_LATENCY_SECONDS`` at this accuracy."""
+    gamma = (1 + accuracy) / (1 - accuracy)
+    return math.ceil(math.log(MAX_LATENCY_SECONDS) / math.log(gamma))
 
 
 def _check_sketch(where: str, sketch: LogSketch, limits: Limits) -> None:

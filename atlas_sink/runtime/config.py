@@ -296,6 +296,12 @@ class SinkConfig(BaseModel):
                 f"({self.drift_warn_psi}): a feature must shift before it drifts; raise the alert "
                 "threshold or lower the warning one"
             )
+        if self.rollup_period_seconds > 500 * self.rollup_seconds:
+            raise ValueError(
+                f"SINK_ROLLUP_PERIOD_SECONDS ({self.rollup_period_seconds}) keeps more than 500 "
+                f"rollups of SINK_ROLLUP_SECONDS ({self.rollup_seconds}) per model version, each "
+                "written with every update: lengthen the rollups or shorten the period"
+            )
         if self.rollup_period_seconds < self.rollup_seconds:
             raise ValueError(
                 f"SINK_ROLLUP_PERIOD_SECONDS ({self.rollup_period_seconds}) is shorter than one "
