@@ -10,6 +10,7 @@ sources, and the processes that use the model with the data flowing through them
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -112,9 +113,7 @@ def _live(found: list[StoredEntity]) -> dict[str, Any]:
         "errors": window.get("errors"),
         "errorRate": (window.get("errors") or 0) / requests if requests else None,
         "errorsByKind": window.get("errorsByKind") or {},
-        "latencySeconds": {
-            k: window.get(f"latency{k.title()}Seconds") for k in ("min", "p50", "p95", "p99", "max")
-        },
+        "latencySeconds": _latencies(window, ("min", "p50", "p95", "p99", "max")),
         "totalRequests": _count(sum(life["requests"] for life in lifetimes)) if lifetimes else None,
         "totalErrors": _count(sum(life["errors"] for life in lifetimes)) if lifetimes else None,
         "statsModelVersion": window.get("modelVersion"),
@@ -156,10 +155,7 @@ def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[di
                 "windows": _count(lifetime.get("windows")),
                 "errorRate": lifetime.get("errorRate"),
                 "errorsByKind": a.get("errorsByKind") or {},
-                "latencySeconds": {
-                    k: lifetime.get(f"latency{k.title()}Seconds")
-                    for k in ("min", "mean", "p50", "p95", "p99", "max")
-                },
+                "latencySeconds": _latencies(lifetime),
                 "firstWindowStart": _millis(a.get("firstWindowStart")),
                 "lastWindowEnd": _millis(a.get("lastWindowEnd")),
                 "replicas": served_by,
@@ -169,11 +165,8 @@ def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[di
                         "end": r.get("end"),
                         "requests": r.get("requests"),
                         "errors": r.get("errors"),
-                        "latencySeconds": {
-                            k: r[f"latency{k.title()}Seconds"]
-                            for k in ("min", "mean", "p50", "p95", "p99", "max")
-                            if f"latency{k.title()}Seconds" in r
-                        },
+                        # Known ones only, as the rollup has them.
+                        "latencySeconds": {k: v for k, v in _latencies(r).items() if v is not None},
                     }
                     for start, r in sorted(_entries(a.get("rollups")).items())
                 ],
@@ -185,6 +178,14 @@ def _versions_served(found: list[StoredEntity], stale_windows: float) -> list[di
             }
         )
     return sorted(out, key=lambda v: (v["firstWindowStart"] or "", str(v["version"])))
+
+
+def _latencies(
+    figures: Mapping[str, Any],
+    names: Sequence[str] = ("min", "mean", "p50", "p95", "p99", "max"),
+) -> dict[str, Any]:
+    """``{"p99": ...}`` from figures named as the sink writes them (``latencyP99Seconds``)."""
+    return {name: figures.get(f"latency{name.title()}Seconds") for name in names}
 
 
 def _entries(value: Any) -> dict[str, dict[str, Any]]:

@@ -185,36 +185,37 @@ class Counts:
         return self.add_packed(Packed.of(sketch, self.accuracy))
 
     def add_packed(self, incoming: Packed) -> bool:
-        """False when the sketch has another accuracy: its buckets do not line up."""
+        """False, and nothing added, when the buckets cannot be added: packed at another
+        accuracy (state kept by a sink with other defaults), or a total that could carry a
+        bucket past its 64 bits (a total below 2**63 guarantees none does)."""
         if incoming.accuracy != self.accuracy or self.total + incoming.total >> 63:
-            # Another accuracy's buckets do not line up; and no bucket may reach 2**64 in
-            # its 64 bits, which a total below 2**63 guarantees.
             return False
         self.zero += incoming.zero
         self.total += incoming.total
         if not incoming.width:
             return True
         if not self.width:
-            self.first, self.width, self.packed = incoming.first, incoming.width, incoming.value
+            low, high = incoming.first, incoming.first + incoming.width
         else:
             first, last = self.first, self.first + self.width
             low = incoming.first if incoming.first < first else first
             end = incoming.first + incoming.width
             high = end if end > last else last
-            if high - low > MAX_BUCKETS:
-                self._fold_together(incoming, high - MAX_BUCKETS)
-                return True
-            if first > low:
-                self.packed <<= 64 * (first - low)
+        if high - low > MAX_BUCKETS:
+            self._fold_together(incoming, high - MAX_BUCKETS)
+        elif not self.width:
+            self.first, self.width, self.packed = incoming.first, incoming.width, incoming.value
+        else:
+            if self.first > low:
+                self.packed <<= 64 * (self.first - low)
             self.packed += incoming.value << 64 * (incoming.first - low)
             self.first, self.width = low, high - low
-        if self.width > MAX_BUCKETS:
-            self._fold()
         return True
 
     def _fold_together(self, incoming: Packed, first: int) -> None:
-        """Both into ``MAX_BUCKETS`` from ``first``, those below it into the lowest: never an
-        integer as wide as the gap between two far-apart sketches."""
+        """Both into ``MAX_BUCKETS`` from ``first``, those below it into the lowest (the error
+        bound holds for every quantile above them): never an integer as wide as the gap
+        between two far-apart sketches."""
         merged = [0] * MAX_BUCKETS
         for base, values in (
             (self.first, self.counts),
@@ -223,19 +224,6 @@ class Counts:
             for k, count in enumerate(values):
                 merged[max(base + k - first, 0)] += count
         self.first, self.width, self.packed = first, MAX_BUCKETS, _pack(merged)
-
-    def _fold(self) -> None:
-        """Past ``MAX_BUCKETS`` the lowest buckets fold into one; the error bound holds for
-        every quantile above them. (Validated sketches span at most a few thousand indexes
-        at the accuracies emitters use, so the integer stays small before it folds.)"""
-        counts = self.counts
-        excess = self.width - MAX_BUCKETS
-        folded = sum(counts[: excess + 1])
-        kept = counts[excess:]
-        kept[0] = folded
-        self.first += excess
-        self.width = len(kept)
-        self.packed = _pack(kept)
 
     def to_event(self) -> LogSketch:
         return LogSketch(
@@ -320,7 +308,7 @@ class FeatureStats:
     total: Fraction = field(default_factory=Fraction)
     numeric: int = 0  # how many numbers ``total`` sums
     distribution: Distribution | None = None
-    # Windows whose distribution could not merge (another sketch accuracy): counted, not lost.
+    # Windows whose distribution could not be added (``Counts.add_packed``): counted.
     unmerged: int = 0
 
     def add(self, summary: FeatureSummary) -> None:
@@ -415,7 +403,7 @@ class Window:
     # mean) is the same whatever order windows are added in.
     latency_picos: int = 0
     unmerged: int = 0
-    # latency_seconds() until the next add: a rollup's figures are drawn on every write of
+    # latency_figures() until the next add: a rollup's figures are drawn on every write of
     # its entity, but change only when a window of its period comes.
     figures: dict[str, float] | None = field(default=None, compare=False)
     # to_state() until the next add, likewise: the state is written with every write too.
@@ -443,24 +431,25 @@ class Window:
             self.high = latency.max
         self.latency_picos += round(latency.mean * timed * 1e12)
 
-    def latency_seconds(self) -> dict[str, float]:
-        """Known latencies only: a period whose requests were all untimed has none."""
+    def latency_figures(self) -> dict[str, float]:
+        """``latencyMinSeconds`` ... ``latencyMaxSeconds``, the names every catalog reads.
+        Known latencies only: a period whose requests were all untimed has none."""
         if self.figures is None:
-            self.figures = self._latency_seconds()
+            self.figures = self._latency_figures()
         return dict(self.figures)
 
-    def _latency_seconds(self) -> dict[str, float]:
+    def _latency_figures(self) -> dict[str, float]:
         quantiles = self.latency.quantiles((0.5, 0.95, 0.99)) if self.latency else None
         if quantiles is None or self.low is None or self.high is None or self.latency is None:
             return {}
         p50, p95, p99 = quantiles
         return {
-            "min": self.low,
-            "mean": self.latency_picos / 1e12 / self.latency.total,
-            "p50": p50,
-            "p95": p95,
-            "p99": p99,
-            "max": self.high,
+            "latencyMinSeconds": self.low,
+            "latencyMeanSeconds": self.latency_picos / 1e12 / self.latency.total,
+            "latencyP50Seconds": p50,
+            "latencyP95Seconds": p95,
+            "latencyP99Seconds": p99,
+            "latencyMaxSeconds": self.high,
         }
 
     def copy(self) -> Window:
@@ -665,8 +654,7 @@ class ServingStats:
             }
             if life.requests:
                 lifetime["errorRate"] = life.errors / life.requests
-            for name, value in life.latency_seconds().items():
-                lifetime[f"latency{name.title()}Seconds"] = value
+            lifetime.update(life.latency_figures())
             attributes["lifetime"] = lifetime
             attributes["errorsByKind"] = dict(sorted(self.errors_by_kind.items()))
             attributes["firstWindowStart"] = self.first_start // 1000
@@ -693,7 +681,7 @@ class ServingStats:
                         "end": iso_seconds(period + span),
                         "requests": w.requests,
                         "errors": w.errors,
-                        **{f"latency{k.title()}Seconds": v for k, v in w.latency_seconds().items()},
+                        **w.latency_figures(),
                     }
                 )
                 for period, w in sorted(self.rollups.items())

@@ -587,8 +587,8 @@ def _stats_update(
     ctx: _Context, contribution: StatsContribution, values: dict[str, object] | None = None
 ) -> Update:
     """The live figures of the event's model version on its deployment. The entity refers to
-    the deployment alone: the deployment is written with every event, the version is not, and
-    Atlas refuses a reference to an entity it does not hold."""
+    the deployment alone: every event about the deployment names it, not every one names the
+    version, and Atlas refuses a reference to an entity it does not hold."""
     env = ctx.event.envelope
     model, version = env.model.name, env.model.version
     server = env.deployment.server_name
