@@ -289,6 +289,44 @@ def test_rollups_cover_their_period_and_only_the_recent_past() -> None:
         assert entity.attributes["lifetime"]["requests"] == sum(w.request_count for w in windows)
 
 
+def test_only_the_rollup_windows_come_to_keeps_live_buckets() -> None:
+    """Every other rollup is sealed (its buckets deflated); a late window opens it again and
+    its figures are still those of every window in its hour."""
+    rng = random.Random(6)
+    events = [_event("r", n + 1, "1", _window(rng, 1200 * n)) for n in range(15)]
+    late = _event("r", 99, "1", _window(rng, 1200 * 3 + 30))
+    policy = StatsPolicy(rollup_seconds=3600, rollup_period_seconds=7 * 3600)
+    rules = Rules(stats=policy)
+    ref = Ref(SERVING_STATS, naming.serving_stats(SERVER, "wine", "1", CLUSTER))
+    updates = [u for e in events for u in translate(e, rules)]
+    state = coalesce(updates, {ref: EntityState()}).states[ref]
+    assert state.stats is not None
+    rollups = state.stats.rollups
+    assert len(rollups) == 5
+    live = [period for period, rollup in rollups.items() if rollup.latency is not None]
+    assert live == [max(rollups)]
+    assert all(rollup.sealed is not None for period, rollup in rollups.items() if period != live[0])
+    # The late window lands in the second hour: that rollup opens, the newest is sealed.
+    again = coalesce(translate(late, rules), {ref: state})
+    reopened = again.states[ref].stats
+    assert reopened is not None
+    assert [p for p, r in reopened.rollups.items() if r.latency is not None] == [
+        min(rollups) + 3_600_000_000
+    ]
+    entity = next(e for e in again.entities if e.ref == ref)
+    hours = sorted(_json_map(entity, "rollups").items())
+    windows = [e.payload for e in [*events, late] if isinstance(e.payload, ScoringStats)]
+    for start, rollup in hours:
+        inside = [
+            w
+            for w in windows
+            if _ms(start) <= w.window_start.timestamp() * 1000 < _ms(rollup["end"])
+        ]
+        assert rollup["requests"] == sum(w.request_count for w in inside)
+        for name in ("latencyP50Seconds", "latencyP99Seconds", "latencyMaxSeconds"):
+            assert rollup[name] == _expected(inside)[name], (start, name)
+
+
 def test_a_period_whose_requests_were_all_untimed_has_no_latency() -> None:
     rng = random.Random(2)
     entity = _stats_entity(_apply([_event("r", 1, "1", _window(rng, 0, timed=False))], 1), "1")

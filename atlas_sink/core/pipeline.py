@@ -222,6 +222,19 @@ class Pipeline:
         return event
 
     def process(self, batch: Sequence[RawMessage]) -> BatchOutcome:
+        # A batch's garbage is freed by reference counting as it goes; the cycle collector,
+        # run mid-batch, would only walk it and find nothing (about a tenth of the batch's
+        # time, measured). It runs between batches: whatever cycles a batch leaves are bounded
+        # by its size.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process(batch)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _process(self, batch: Sequence[RawMessage]) -> BatchOutcome:
         outcome = BatchOutcome(consumed=len(batch))
         updates: list[Update] = []
         sources: list[int] = []  # sources[i]: index in ``batch`` of the event behind updates[i]

@@ -408,11 +408,19 @@ class Window:
     figures: dict[str, float] | None = field(default=None, compare=False)
     # to_state() until the next add, likewise: the state is written with every write too.
     state: list[Any] | None = field(default=None, compare=False)
+    # A sealed rollup (``seal``): its latency buckets only as their deflated state, and its
+    # entry of the rollups map, until a late window opens it again.
+    sealed: list[Any] | None = field(default=None, compare=False)
+    words: str | None = field(default=None, compare=False)
 
     def add(self, stats: ScoringStats, packed: Packed) -> None:
         """``packed``: the window's latency buckets."""
+        if self.sealed is not None:
+            self.latency = Counts.from_state(self.sealed)
+            self.sealed = None
         self.figures = None
         self.state = None
+        self.words = None
         self.requests += stats.request_count
         self.errors += stats.error_count
         timed = packed.total
@@ -439,13 +447,14 @@ class Window:
         return dict(self.figures)
 
     def _latency_figures(self) -> dict[str, float]:
-        quantiles = self.latency.quantiles((0.5, 0.95, 0.99)) if self.latency else None
-        if quantiles is None or self.low is None or self.high is None or self.latency is None:
+        latency = Counts.from_state(self.sealed) if self.sealed is not None else self.latency
+        quantiles = latency.quantiles((0.5, 0.95, 0.99)) if latency else None
+        if quantiles is None or self.low is None or self.high is None or latency is None:
             return {}
         p50, p95, p99 = quantiles
         return {
             "latencyMinSeconds": self.low,
-            "latencyMeanSeconds": self.latency_picos / 1e12 / self.latency.total,
+            "latencyMeanSeconds": self.latency_picos / 1e12 / latency.total,
             "latencyP50Seconds": p50,
             "latencyP95Seconds": p95,
             "latencyP99Seconds": p99,
@@ -463,14 +472,35 @@ class Window:
             self.unmerged,
             self.figures,
             self.state,
+            self.sealed,
+            self.words,
         )
+
+    def seal(self, words: str) -> None:
+        """Keep the latency buckets only as their deflated state (a few hundred bytes where
+        the live ones take kilobytes), with ``words``, the rollup's entry as written: a rollup
+        no window has come to lately is read on every write and changed by none, and 48 of
+        them per version would otherwise hold most of the sink's memory."""
+        if self.sealed is None and self.latency is not None:
+            self.sealed = self.to_state()[2]
+            self.latency = None
+        self.figures = None
+        self.words = words
+
+    def __eq__(self, other: object) -> bool:
+        # Sealed or not, the same merged windows are the same figures.
+        if not isinstance(other, Window):
+            return NotImplemented
+        return self.to_state() == other.to_state()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def to_state(self) -> list[Any]:
         if self.state is None:
             self.state = [
                 self.requests,
                 self.errors,
-                self.latency.to_state() if self.latency else None,
+                self.latency.to_state() if self.latency else self.sealed,
                 self.low,
                 self.high,
                 self.latency_picos,
@@ -479,17 +509,16 @@ class Window:
         return self.state
 
     @classmethod
-    def from_state(cls, state: Sequence[Any]) -> Window:
+    def from_state(cls, state: Sequence[Any], *, sealed: bool = False) -> Window:
+        """``sealed``: the latency buckets stay deflated (``seal``) until a window comes."""
         requests, errors, latency, low, high, picos, unmerged = state
-        return cls(
-            int(requests),
-            int(errors),
-            Counts.from_state(latency) if latency else None,
-            low,
-            high,
-            int(picos),
-            int(unmerged),
-        )
+        window = cls(int(requests), int(errors), None, low, high, int(picos), int(unmerged))
+        if latency and sealed:
+            accuracy, zero, first, width, text = latency
+            window.sealed = [float(accuracy), int(zero), int(first), int(width), str(text)]
+        elif latency:
+            window.latency = Counts.from_state(latency)
+        return window
 
 
 class Replica(NamedTuple):
@@ -521,6 +550,8 @@ class ServingStats:
     training_at: int = 0  # event time of the ModelLoaded the profile came from
     # The policy of the newest contribution: what the figures are judged and kept by.
     policy: StatsPolicy = field(default_factory=StatsPolicy)
+    # The one rollup whose latency buckets are live; every other is sealed (Window.seal).
+    open_period: int = field(default=-1, compare=False)
 
     def apply(self, contribution: StatsContribution, event_micros: int) -> None:
         self.policy = contribution.policy
@@ -611,10 +642,29 @@ class ServingStats:
                 if len(self.rollups) == 1 or period < self.oldest_period:
                     self.oldest_period = period
             rollup.add(window, packed)
+            if period != self.open_period:
+                # Windows come to one period at a time, mostly the newest: the one left is
+                # sealed until a late window opens it again.
+                left = self.rollups.get(self.open_period)
+                if left is not None:
+                    left.seal(self._rollup_words(self.open_period, left))
+                self.open_period = period
         if self.rollups and self.oldest_period + span <= cutoff:
             for old in [p for p in self.rollups if p + span <= cutoff]:
                 del self.rollups[old]
             self.oldest_period = min(self.rollups, default=0)
+
+    def _rollup_words(self, period: int, rollup: Window) -> str:
+        if rollup.words is None:
+            rollup.words = as_words(
+                {
+                    "end": iso_seconds(period + self.rollup_micros),
+                    "requests": rollup.requests,
+                    "errors": rollup.errors,
+                    **rollup.latency_figures(),
+                }
+            )
+        return rollup.words
 
     # -- what it says --------------------------------------------------------------------------
 
@@ -674,16 +724,8 @@ class ServingStats:
                 )
                 for instance, r in sorted(self.replicas.items())
             }
-            span = self.rollup_micros
             attributes["rollups"] = {
-                iso_seconds(period): as_words(
-                    {
-                        "end": iso_seconds(period + span),
-                        "requests": w.requests,
-                        "errors": w.errors,
-                        **w.latency_figures(),
-                    }
-                )
+                iso_seconds(period): self._rollup_words(period, w)
                 for period, w in sorted(self.rollups.items())
             }
         features = self.drift()
@@ -718,6 +760,7 @@ class ServingStats:
             {n: f.copy() for n, f in self.training.items()} if self.training is not None else None,
             self.training_at,
             self.policy,
+            self.open_period,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -743,7 +786,9 @@ class ServingStats:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ServingStats:
         training = state.get("training")
-        return cls(
+        # Loaded as windows left them: only the newest rollup's buckets live.
+        newest = max(state["rollups"], key=int, default=None)
+        stats = cls(
             Window.from_state(state["lifetime"]),
             {k: int(v) for k, v in state["errorsByKind"].items()},
             int(state["windows"]),
@@ -751,7 +796,7 @@ class ServingStats:
             int(state["lastEnd"]),
             {i: Replica(str(r[0]), *map(int, r[1:])) for i, r in state["replicas"].items()},
             int(state["rollupMicros"]),
-            {int(p): Window.from_state(w) for p, w in state["rollups"].items()},
+            {int(p): Window.from_state(w, sealed=p != newest) for p, w in state["rollups"].items()},
             min((int(p) for p in state["rollups"]), default=0),
             {n: FeatureStats.from_state(f) for n, f in state["features"].items()},
             int(state["featuresDropped"]),
@@ -762,6 +807,9 @@ class ServingStats:
             ),
             int(state["trainingAt"]),
         )
+        if stats.rollups:
+            stats.open_period = max(stats.rollups)
+        return stats
 
 
 def iso_seconds(micros: int) -> str:
