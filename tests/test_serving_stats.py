@@ -305,9 +305,12 @@ def test_only_the_rollup_windows_come_to_keeps_live_buckets() -> None:
     assert len(rollups) == 5
     live = [period for period, rollup in rollups.items() if rollup.latency is not None]
     assert live == [max(rollups)]
-    assert all(rollup.sealed is not None for period, rollup in rollups.items() if period != live[0])
+    assert all(rollup.sealed for period, rollup in rollups.items() if period != live[0])
+    before = state.stats.to_state()
     # The late window lands in the second hour: that rollup opens, the newest is sealed.
     again = coalesce(translate(late, rules), {ref: state})
+    # In a copy: the state it was given (the sink's cache) is as it was.
+    assert state.stats.to_state() == before
     reopened = again.states[ref].stats
     assert reopened is not None
     assert [p for p, r in reopened.rollups.items() if r.latency is not None] == [

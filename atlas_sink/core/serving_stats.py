@@ -408,16 +408,19 @@ class Window:
     figures: dict[str, float] | None = field(default=None, compare=False)
     # to_state() until the next add, likewise: the state is written with every write too.
     state: list[Any] | None = field(default=None, compare=False)
-    # A sealed rollup (``seal``): its latency buckets only as their deflated state, and its
-    # entry of the rollups map, until a late window opens it again.
-    sealed: list[Any] | None = field(default=None, compare=False)
+    # A sealed rollup (``seal``) keeps its latency buckets only deflated, and its entry of
+    # the rollups map, until a late window opens it again. Nothing changes it in place then,
+    # so a copy of its figures shares it (ServingStats.copy).
+    sealed: bool = field(default=False, compare=False)
+    deflated: list[Any] | None = field(default=None, compare=False)
     words: str | None = field(default=None, compare=False)
 
     def add(self, stats: ScoringStats, packed: Packed) -> None:
         """``packed``: the window's latency buckets."""
-        if self.sealed is not None:
-            self.latency = Counts.from_state(self.sealed)
-            self.sealed = None
+        if self.deflated is not None:
+            self.latency = Counts.from_state(self.deflated)
+            self.deflated = None
+        self.sealed = False
         self.figures = None
         self.state = None
         self.words = None
@@ -447,7 +450,7 @@ class Window:
         return dict(self.figures)
 
     def _latency_figures(self) -> dict[str, float]:
-        latency = Counts.from_state(self.sealed) if self.sealed is not None else self.latency
+        latency = Counts.from_state(self.deflated) if self.deflated is not None else self.latency
         quantiles = latency.quantiles((0.5, 0.95, 0.99)) if latency else None
         if quantiles is None or self.low is None or self.high is None or latency is None:
             return {}
@@ -473,6 +476,7 @@ class Window:
             self.figures,
             self.state,
             self.sealed,
+            self.deflated,
             self.words,
         )
 
@@ -481,11 +485,12 @@ class Window:
         the live ones take kilobytes), with ``words``, the rollup's entry as written: a rollup
         no window has come to lately is read on every write and changed by none, and 48 of
         them per version would otherwise hold most of the sink's memory."""
-        if self.sealed is None and self.latency is not None:
-            self.sealed = self.to_state()[2]
+        if self.latency is not None:
+            self.deflated = self.to_state()[2]
             self.latency = None
         self.figures = None
         self.words = words
+        self.sealed = True
 
     def __eq__(self, other: object) -> bool:
         # Sealed or not, the same merged windows are the same figures.
@@ -500,7 +505,7 @@ class Window:
             self.state = [
                 self.requests,
                 self.errors,
-                self.latency.to_state() if self.latency else self.sealed,
+                self.latency.to_state() if self.latency else self.deflated,
                 self.low,
                 self.high,
                 self.latency_picos,
@@ -515,9 +520,10 @@ class Window:
         window = cls(int(requests), int(errors), None, low, high, int(picos), int(unmerged))
         if latency and sealed:
             accuracy, zero, first, width, text = latency
-            window.sealed = [float(accuracy), int(zero), int(first), int(width), str(text)]
+            window.deflated = [float(accuracy), int(zero), int(first), int(width), str(text)]
         elif latency:
             window.latency = Counts.from_state(latency)
+        window.sealed = sealed
         return window
 
 
@@ -641,6 +647,10 @@ class ServingStats:
                 rollup = self.rollups[period] = Window()
                 if len(self.rollups) == 1 or period < self.oldest_period:
                     self.oldest_period = period
+            elif rollup.sealed:
+                # Shared with the figures this copy was made from (``copy``): opened in a
+                # copy of its own, so that a batch the target refuses leaves them as they were.
+                rollup = self.rollups[period] = rollup.copy()
             rollup.add(window, packed)
             if period != self.open_period:
                 # Windows come to one period at a time, mostly the newest: the one left is
@@ -753,7 +763,8 @@ class ServingStats:
             self.last_end,
             dict(self.replicas),
             self.rollup_micros,
-            {p: w.copy() for p, w in self.rollups.items()},
+            # Sealed rollups are shared: only a late window opens one, in a copy (``_roll_up``).
+            {p: w if w.sealed else w.copy() for p, w in self.rollups.items()},
             self.oldest_period,
             {n: f.copy() for n, f in self.features.items()},
             self.features_dropped,
