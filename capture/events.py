@@ -172,6 +172,7 @@ class ModelLoaded(_Checked):
     classifications: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     training_profile: list[FeatureSummary] = field(default_factory=list)
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -59,7 +59,15 @@ def test_distributions_and_profiles_decode_into_what_was_sent(
     assert any(s.distribution is not None for s in summaries)
 
 
-@pytest.mark.parametrize("old", contract.released()[:-1], ids=lambda c: c.source.name)
+@pytest.mark.parametrize(
+    "old",
+    [
+        c
+        for c in contract.released()
+        if c.source.name in ("model_event.v1.avsc", "model_event.v2.avsc")
+    ],
+    ids=lambda c: c.source.name,
+)
 def test_events_of_earlier_versions_decode_with_the_defaults(old: contract.Contract) -> None:
     """A v1 or v2 emitter knows neither distributions nor profiles: the sink reads none."""
     for sequence, payload in ((1, _window()), (2, _loaded())):

@@ -714,3 +714,34 @@ def test_ensure_types_refuses_unknown_super_types(tmp_path: Path) -> None:
 def test_rejection_is_the_target_contract_type(catalog: LocalCatalog) -> None:
     rejected = catalog.write([Entity("nope", "n@local")]).rejected
     assert isinstance(rejected[Ref("nope", "n@local")], Rejection)
+
+
+def test_a_restored_instance_serves_again_without_a_new_load_in_any_order(tmp_path: Path) -> None:
+    """A stream job loads version 1, replaces it with 2, is cancelled (unloaded), and its new
+    instances resume version 2 from a checkpoint: version 2 serves again, and its load time
+    and what it replaced stay those of the load itself, whatever order the events come in."""
+    v2 = Ref(MODEL_VERSION, "wine.2@local")
+    loaded_at = T0 + timedelta(seconds=40)
+    events = [
+        _event(model_loaded(), 1),
+        _event(model_loaded("2", replaces="1"), 2, version="2", at=loaded_at),
+        _event(ModelUnloaded(reason="job cancelled"), 3, version="2"),
+        _event(
+            dataclasses.replace(model_loaded("2"), restored=True),
+            1,
+            instance="restored-0",
+            version="2",
+            at=T0 + timedelta(seconds=90),
+        ),
+    ]
+    for n, order in enumerate((events, list(reversed(events)))):
+        with open_catalog(tmp_path / f"{n}.db") as catalog:
+            outcome = pipeline(catalog).process(messages(order))
+            assert not outcome.dead, outcome.dead
+            version = get(catalog, v2).attributes
+            assert version["status"] == "LOADED"
+            assert version["loadedAt"] == micros(loaded_at) // 1000
+            assert version["replacesVersion"] == "1"
+            assert get(catalog, VERSION).attributes["status"] == "REPLACED"
+            deployment = get(catalog, DEPLOY).attributes
+            assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", "2")

@@ -217,16 +217,20 @@ def _deployment_update(
     reason: str | None,
     values: dict[str, object] | None = None,
     references: dict[str, Ref | list[Ref]] | None = None,
+    *,
+    restored: bool = False,
 ) -> Update:
     """A lifecycle event's word on the deployment. Its status is not set here: the coalescer
-    derives it from every version's newest word (EntityState.serve)."""
+    derives it from every version's newest word (EntityState.serve). A ``restored`` load
+    says the version serves, but is not a load of its own."""
     env = ctx.event.envelope
+    loaded = status == "IN_SERVICE" and not restored
     return ctx.mutable(
         DEPLOYMENT,
         _deployment_ref(ctx).qualified_name,
         {**_deployment_identity(ctx), **(values or {})},
         references=references,
-        served=Served(env.model.version, status, reason, loaded=status == "IN_SERVICE"),
+        served=Served(env.model.version, status, reason, loaded=loaded),
     )
 
 
@@ -364,6 +368,13 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
     version_ref = _version_ref(ctx)
     artifact = loaded.artifact
     size = artifact.size_bytes
+    # A restored instance resumes a load announced before: when and what it replaced are
+    # that load's, so a restore after a crash neither moves loadedAt nor loses the history.
+    load: dict[str, object] = (
+        {}
+        if loaded.restored
+        else {"replacesVersion": loaded.replaces_version, "loadedAt": ctx.key.event_time // 1000}
+    )
     updates.append(
         ctx.mutable(
             MODEL_VERSION,
@@ -389,10 +400,9 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
                 "owner": loaded.owner,
                 "tags": list(loaded.tags),
                 "properties": dict(loaded.properties),
-                "replacesVersion": loaded.replaces_version,
                 "status": "LOADED",
                 "statusReason": None,
-                "loadedAt": ctx.key.event_time // 1000,
+                **load,
             },
             references={
                 "model": _model_ref(ctx),
@@ -435,7 +445,7 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
         _deployment_update(
             ctx,
             "IN_SERVICE",
-            None,
+            "resumed after a restart" if loaded.restored else None,
             {
                 "currentVersion": version,
                 "language": runtime.language,
@@ -446,6 +456,7 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
                 "replicas": runtime.replicas,
             },
             references={"inputs": [*inputs, version_ref], "outputs": outputs},
+            restored=loaded.restored,
         )
     )
     if loaded.training_profile:
@@ -455,7 +466,7 @@ def _model_loaded(ctx: _Context, loaded: ModelLoaded) -> list[Update]:
                 StatsContribution(ctx.rules.stats, training=tuple(loaded.training_profile)),
             )
         )
-    if loaded.replaces_version and loaded.replaces_version != version:
+    if loaded.replaces_version and loaded.replaces_version != version and not loaded.restored:
         updates.append(
             ctx.mutable(
                 MODEL_VERSION,
