@@ -91,12 +91,15 @@ class TrainedModel:
 
     def score(self, rows: npt.NDArray[np.float64]) -> list[tuple[int, float]]:
         """(predicted cultivar, its probability) per row, columns in ``feature_names`` order."""
-        probabilities = self.estimator.predict_proba(rows)
-        best = np.argmax(probabilities, axis=1)
-        classes = self.estimator.classes_
-        return [
-            (int(classes[i]), float(probabilities[row, i])) for row, i in enumerate(best.tolist())
-        ]
+        return classify(self.estimator, rows)
+
+
+def classify(estimator: Any, rows: npt.ArrayLike) -> list[tuple[int, float]]:
+    """(predicted class, its probability) per row of a fitted classifier."""
+    probabilities = estimator.predict_proba(np.asarray(rows, dtype=np.float64))
+    best = np.argmax(probabilities, axis=1)
+    classes = estimator.classes_
+    return [(int(classes[i]), float(probabilities[row, i])) for row, i in enumerate(best.tolist())]
 
 
 def run_id_of(version: str, params: Mapping[str, Any], seed: int, data: WineData) -> str:

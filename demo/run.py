@@ -77,6 +77,7 @@ class DemoOptions:
     cluster: str = "demo"
     input_topic: str = "wine-requests"
     output_topic: str = "wine-scores"
+    control_topic: str = "wine-models"
     events_topic: str = DEFAULT_TOPIC
     dlq_topic: str = f"{DEFAULT_TOPIC}.dlq"
     server_group: str = "wine-scorer"
@@ -85,7 +86,6 @@ class DemoOptions:
     atlas: bool = False
     registry: bool = False
     keep_services: bool = False
-    artifact_format: str = "auto"
     # Deadlines of the waits, in seconds.
     start_timeout: float = 90.0
     drain_timeout: float = 60.0
@@ -380,6 +380,7 @@ class DemoRun:
         )
         ready_file = options.work_dir / "server.ready"
         self.ready_file = ready_file
+        self._publish_failure: StepFailed | None = None
         server_env = {**base, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
         if "SCHEMA_REGISTRY_URL" in sink_env:
             server_env["SCHEMA_REGISTRY_URL"] = sink_env["SCHEMA_REGISTRY_URL"]
@@ -395,6 +396,8 @@ class DemoRun:
                 options.input_topic,
                 "--output-topic",
                 options.output_topic,
+                "--control-topic",
+                options.control_topic,
                 "--events-topic",
                 options.events_topic,
                 "--model-name",
@@ -403,17 +406,8 @@ class DemoRun:
                 options.cluster,
                 "--group-id",
                 options.server_group,
-                "--work-dir",
-                str(options.work_dir / "server"),
-                "--swap-after-seconds",
-                f"{options.swap_after:g}",
-                # Time alone decides: the traffic is paced, so a time is also a share of it.
-                "--swap-after-requests",
-                "0",
                 "--window-seconds",
                 f"{options.window_seconds:g}",
-                "--artifact-format",
-                options.artifact_format,
                 "--ready-file",
                 str(ready_file),
             ],
@@ -423,9 +417,11 @@ class DemoRun:
         )
 
     def run(self) -> DemoRunResult:
-        """Sink up, server up, traffic, drain, both stopped. Stops both on any failure."""
+        """Sink up, version 1 published, server up, traffic with version 2 published midway,
+        drain, both stopped. Stops both on any failure."""
         try:
             self.start_sink()
+            self.publish("1")
             self.start_server()
             self.send_traffic()
             self.stop_server()
@@ -466,10 +462,34 @@ class DemoRun:
             f"({time.monotonic() - began:.1f} s; metrics at {url[0]}/metrics)"
         )
 
+    def publish(self, version: str) -> None:
+        """Train a version and publish its descriptor on the control topic, as a data
+        science team's pipeline would (``python -m demo.publish_model``)."""
+        from demo import descriptor
+        from demo.publish_model import build, publish
+
+        o = self.options
+        began = time.monotonic()
+        built = build(version, o.work_dir / "publisher", model_name=o.model_name)
+        try:
+            publish(self.bootstrap, o.control_topic, descriptor.encode(built), built.name)
+        except Exception as exc:
+            raise StepFailed(f"version {version} could not be published: {exc}") from None
+        self.progress.line(
+            f"publisher: {o.model_name} version {version} on {o.control_topic} "
+            f"({time.monotonic() - began:.1f} s; {built.description})"
+        )
+
+    def _publish_in_background(self, version: str) -> None:
+        try:
+            self.publish(version)
+        except StepFailed as exc:
+            self._publish_failure = exc
+
     def start_server(self) -> None:
         o = self.options
         self.ready_file.unlink(missing_ok=True)
-        with self.progress.step("server start", "server: training the wine model and starting"):
+        with self.progress.step("server start", "server: loading version 1 and starting"):
             began = time.monotonic()
             self.server.start()
             wait_for(
@@ -506,6 +526,10 @@ class DemoRun:
             f"traffic: {planned} requests at {o.rate:g}/s for {o.duration:g} s; "
             f"model version 2 replaces version 1 after {o.swap_after:g} s",
         ):
+            # Version 2 is published while traffic flows, as a team would release it.
+            swap = threading.Timer(o.swap_after, self._publish_in_background, ("2",))
+            swap.daemon = True
+            swap.start()
             try:
                 sent = send(
                     self.bootstrap,
@@ -517,9 +541,14 @@ class DemoRun:
                     progress_every=5.0,
                 )
             except StepFailed:
+                swap.cancel()
                 raise
             except Exception as exc:
+                swap.cancel()
                 raise StepFailed(f"the traffic generator failed: {exc}") from exc
+            swap.join(timeout=o.start_timeout)
+        if self._publish_failure is not None:
+            raise self._publish_failure
         if sent.failed:
             raise StepFailed(
                 f"traffic: {sent.failed} of {sent.sent} requests were not delivered to "
@@ -574,7 +603,7 @@ class DemoRun:
         """Say once that version 2 took over, when the server's log first shows it."""
         if self.result.swap_line:
             return
-        self.result.swap_line = _last_line(self.server.log, "replaces")
+        self.result.swap_line = _last_line(self.server.log, "replacing version")
         if self.result.swap_line:
             self.progress.line(f"server: {self.result.swap_line}")
 
@@ -813,7 +842,7 @@ def prepare_work_dir(options: DemoOptions) -> None:
     """A fresh catalog, logs and model directory; service state dirs are theirs to manage."""
     work = options.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("logs", "server"):
+    for name in ("logs", "server", "publisher"):
         shutil.rmtree(work / name, ignore_errors=True)
     for path in work.glob("catalog.sqlite*"):
         path.unlink()
@@ -839,6 +868,7 @@ def run_demo(
                     [
                         options.input_topic,
                         options.output_topic,
+                        options.control_topic,
                         options.events_topic,
                         options.dlq_topic,
                     ],
@@ -919,12 +949,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave Kafka (and registry, Atlas) running at the end, to explore",
     )
     a("--work-dir", type=Path, default=d.work_dir, help=f"default {d.work_dir}")
-    a(
-        "--artifact-format",
-        choices=("auto", "mlflow", "joblib"),
-        default=d.artifact_format,
-        help="how the server saves its model (auto: MLflow when installed)",
-    )
     return parser
 
 
@@ -949,7 +973,6 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         atlas=args.atlas,
         registry=args.registry,
         keep_services=args.keep_services,
-        artifact_format=args.artifact_format,
         start_timeout=900.0 if args.atlas else DemoOptions.start_timeout,
         drain_timeout=300.0 if args.atlas or os.environ.get("ATLAS_URL") else 60.0,
     )

@@ -1,26 +1,23 @@
-"""The demo model server: JSON scoring requests from Kafka in, scores out, lifecycle reported.
+"""The demo model server: JSON scoring requests from Kafka in, scores out, lifecycle reported;
+its models come from the model control topic.
 
-The streaming model-serving shape: a consumer reads requests from the input topic in small
-batches, a real scikit-learn model (trained at start-up on the bundled wine data) scores
+The streaming model-serving shape: models arrive as descriptors on a control topic
+(``demo.publish_model`` sends one) beside the data topic. The server reads the control topic
+from its beginning and serves the newest version it holds, then applies each new descriptor
+as it comes (``demo.serving.ModelHost``): a ``ModelLoaded`` replacing the version served
+before (with ``SchemaChanged`` when the output changes), or a ``ModelLoadFailed`` while the
+previous version serves on. Requests wait in Kafka until a first version is loaded.
+
+Scoring: a consumer reads requests from the input topic in small batches, the model scores
 them, a producer writes one result per request to the output topic, and the consumer's
-offsets are stored only after the results were handed to the producer (at least once).
-
-``capture`` is embedded as a server would embed it:
-
-- at start, ``ModelLoaded`` for version 1, built from the saved artifact (MLflow model when
-  mlflow is installed, else joblib) with its training data, hyper-parameters, metrics,
-  storage facts and schemas;
-- a ``ScoringRecorder`` per version: latency and outcome of every request, per-feature
-  summaries; the emitter sends one ``ScoringStats`` per window;
-- mid-run (after ``--swap-after-requests`` requests or ``--swap-after-seconds`` seconds of
-  traffic, whichever comes first) version 2 with other hyper-parameters, announced as
-  ``ModelLoaded`` replacing version 1, and the output's new ``probability`` field announced
-  with ``SchemaChanged``.
+offsets are stored only after the results were handed to the producer (at least once). A
+``ScoringRecorder`` per version records latency, outcome and features; the emitter sends one
+``ScoringStats`` per window.
 
 Nothing on the serving path waits for the emitter. SIGTERM or SIGINT stop the loop; the
 output is flushed, offsets committed and the emitter closed (its open windows sent).
 
-    python -m demo.server --swap-after-seconds 15     # KAFKA_BOOTSTRAP_SERVERS names the broker
+    python -m demo.server                    # KAFKA_BOOTSTRAP_SERVERS names the broker
 """
 
 from __future__ import annotations
@@ -36,38 +33,19 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast, get_args
+from typing import Any
 
-import numpy as np
-
-from capture.artifacts import ModelFacts
 from capture.config import DEFAULT_TOPIC, ConfigError, EmitterConfig, KafkaSecurity
 from capture.emitter import Emitter
-from capture.events import (
-    DataSchema,
-    DataSource,
-    Deployment,
-    ModelIdentity,
-    Runtime,
-    SchemaSide,
-)
-from capture.stats import ScoringRecorder
-from demo.model import (
-    V1_PARAMS,
-    V2_PARAMS,
-    ArtifactFormat,
-    TrainedModel,
-    WineData,
-    load_data,
-    model_loaded,
-    save_artifact,
-    train,
-    write_training_csv,
-)
+from capture.events import Deployment, Runtime
+from demo.model import load_data
+from demo.publish_model import DEFAULT_CONTROL_TOPIC
+from demo.serving import ModelHost
 
 log = logging.getLogger("demo.server")
 
@@ -112,35 +90,17 @@ class ServerSettings:
     bootstrap: str
     input_topic: str = "wine-requests"
     output_topic: str = "wine-scores"
+    control_topic: str = DEFAULT_CONTROL_TOPIC
     events_topic: str = DEFAULT_TOPIC
     model_name: str = "wine-classifier"
     server_name: str = "wine-scorer"
     cluster: str = "demo"
     environment: str = "demo"
     group_id: str = "wine-scorer"
-    work_dir: Path = Path(".run/demo/server")
-    # 0 disables a trigger; with both 0 the server never swaps.
-    swap_after_requests: int = 300
-    swap_after_seconds: float = 15.0
     window_seconds: float = 5.0
-    seed: int = 42
-    artifact_format: ArtifactFormat = "auto"
-    owner: str = "wine-data-science"
     ready_file: Path | None = None
     unload_on_exit: bool = False
     max_batch: int = 100
-
-
-@dataclass
-class _Live:
-    """The version being served and its recorder."""
-
-    model: TrainedModel
-    identity: ModelIdentity
-    facts: ModelFacts
-    output: DataSchema
-    recorder: ScoringRecorder
-    with_probability: bool
 
 
 @dataclass
@@ -148,12 +108,14 @@ class ServerTotals:
     scored: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)
+    failed_loads: int = 0
 
     def describe(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
         return (
             f"scored {self.scored} requests, rejected {sum(self.errors.values())} ({errors}); "
-            f"model versions served: {' -> '.join(self.versions)}"
+            f"model versions served: {' -> '.join(self.versions) or 'none'}; "
+            f"descriptors refused: {self.failed_loads}"
         )
 
 
@@ -163,22 +125,18 @@ class WineScoringServer:
         self.totals = ServerTotals()
         self._emitter = emitter
         self._security = KafkaSecurity.from_env()
-        self._data: WineData | None = None
-        self._source: DataSource | None = None
-        self._live: _Live | None = None
-        self._swapped = False
-        self._first_request_at: float | None = None
+        self._host: ModelHost | None = None
         self._consumer: Any = None
+        self._control: Any = None
         self._producer: Any = None
+        self._subscribed = False
         self._assigned_once = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Train and announce version 1, then connect to Kafka."""
+        """Connect to Kafka and serve the newest version the control topic holds, if any."""
         s = self.settings
-        self._data = load_data()
-        self._source = write_training_csv(self._data, s.work_dir / "data" / "wine.csv")
         if self._emitter is None:
             config = EmitterConfig.from_env(
                 bootstrap_servers=s.bootstrap,
@@ -193,8 +151,19 @@ class WineScoringServer:
                 environment=s.environment,
             )
             self._emitter = Emitter(config, deployment)
-        model = train("1", V1_PARAMS, seed=s.seed, data=self._data)
-        self._live = self._load(model, with_probability=False, replaces=None)
+        self._host = ModelHost(
+            self._emitter,
+            model_name=s.model_name,
+            feature_names=load_data().feature_names,
+            runtime=Runtime(
+                language="python",
+                language_version=platform.python_version(),
+                host=socket.gethostname(),
+                endpoint=f"kafka://{s.input_topic}",
+            ),
+            inputs=[f"kafka://{s.input_topic}"],
+            outputs=[f"kafka://{s.output_topic}"],
+        )
         from confluent_kafka import Consumer, Producer
 
         client = {"bootstrap.servers": s.bootstrap, **self._security.librdkafka()}
@@ -210,22 +179,70 @@ class WineScoringServer:
                 "auto.commit.interval.ms": 1000,
             }
         )
+        # Every server reads every descriptor from the beginning: no group offsets to share.
+        self._control = Consumer(
+            {
+                **client,
+                "group.id": f"{s.group_id}-control-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.message.max.bytes": 16 * 1024 * 1024,
+            }
+        )
         self._producer = Producer({**client, "linger.ms": 5, "enable.idempotence": True})
+        self._catch_up()
+
+    def _catch_up(self, timeout: float = 30.0) -> None:
+        """Apply the newest descriptor the control topic holds now (older ones were served
+        before this server started: they are history, not loads of this server's)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        topic = self.settings.control_topic
+        metadata = self._control.list_topics(topic, timeout=timeout).topics.get(topic)
+        partitions = sorted(metadata.partitions) if metadata and not metadata.error else []
+        if not partitions:
+            raise ConfigError(
+                f"the control topic {topic} does not exist: create it, or publish a model "
+                "(python -m demo.publish_model) first"
+            )
+        ends = {}
+        for p in partitions:
+            _low, high = self._control.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout
+            )
+            ends[p] = high
+        self._control.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        newest: bytes | None = None
+        pending = {p for p, end in ends.items() if end > 0}
+        while pending:
+            for message in self._control.consume(100, timeout=1.0):
+                if message.error() is not None:
+                    continue
+                newest = message.value()
+                if message.offset() + 1 >= ends[message.partition()]:
+                    pending.discard(message.partition())
+        if newest is not None:
+            self._apply(newest)
 
     def run(self, stop: threading.Event) -> ServerTotals:
         """Serve until ``stop`` is set; then shut down cleanly."""
-        if self._live is None:
+        if self._host is None:
             self.start()
-        consumer = self._consumer
-        consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign)
         try:
             while not stop.is_set():
-                messages = consumer.consume(self.settings.max_batch, timeout=0.2)
+                for message in self._control.consume(10, timeout=0):
+                    if message.error() is None:
+                        self._apply(message.value())
+                if self._host is None or self._host.live is None:
+                    stop.wait(0.2)  # requests wait in Kafka until a version is loaded
+                    continue
+                if not self._subscribed:
+                    self._consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign)
+                    self._subscribed = True
+                messages = self._consumer.consume(self.settings.max_batch, timeout=0.2)
                 if messages:
                     self._handle(messages)
                 self._producer.poll(0)
-                if self._swap_due():
-                    self._swap()
         finally:
             self.close()
         return self.totals
@@ -237,12 +254,14 @@ class WineScoringServer:
             if left:
                 log.error("%d results not delivered to %s at shutdown", left, s.output_topic)
             self._producer = None
-        if self._consumer is not None:
-            self._consumer.close()  # commits the offsets stored so far
-            self._consumer = None
+        for name in ("_consumer", "_control"):
+            consumer = getattr(self, name)
+            if consumer is not None:
+                consumer.close()  # the data consumer commits the offsets stored so far
+                setattr(self, name, None)
         if self._emitter is not None:
-            if s.unload_on_exit and self._live is not None:
-                self._emitter.model_unloaded(self._live.identity, reason="server shut down")
+            if s.unload_on_exit and self._host is not None:
+                self._host.unload("server shut down")
             self._emitter.close()
             stats = self._emitter.stats()
             log.info(
@@ -257,94 +276,17 @@ class WineScoringServer:
 
     # -- model versions -------------------------------------------------------------------
 
-    def _load(self, model: TrainedModel, *, with_probability: bool, replaces: str | None) -> _Live:
-        s = self.settings
-        assert self._emitter is not None and self._source is not None
-        began = time.monotonic()
-        facts = save_artifact(
-            model, s.work_dir / "models" / s.model_name / model.version, s.artifact_format
-        )
-        identity = ModelIdentity(
-            name=s.model_name, version=model.version, content_hash=facts.artifact.content_hash
-        )
-        loaded = model_loaded(
-            model,
-            facts,
-            source=self._source,
-            runtime=Runtime(
-                language="python",
-                language_version=platform.python_version(),
-                host=socket.gethostname(),
-                endpoint=f"kafka://{s.input_topic}",
-            ),
-            inputs=[f"kafka://{s.input_topic}"],
-            outputs=[f"kafka://{s.output_topic}"],
-            owner=s.owner,
-            with_probability=with_probability,
-            replaces_version=replaces,
-        )
-        self._emitter.model_loaded(identity, loaded)
-        self.totals.versions.append(model.version)
-        test_accuracy = next(
-            m.value for m in model.metrics if m.name == "accuracy" and m.split == "test"
-        )
-        log.info(
-            "model %s version %s loaded from %s (%s, test accuracy %.3f, %s) in %.2f s",
-            s.model_name,
-            model.version,
-            facts.artifact.uri,
-            facts.properties.get("artifact.format", "?"),
-            test_accuracy,
-            facts.artifact.access_mode,
-            time.monotonic() - began,
-        )
-        return _Live(
-            model=model,
-            identity=identity,
-            facts=facts,
-            output=loaded.output_schema,
-            recorder=self._emitter.scoring_recorder(identity),
-            with_probability=with_probability,
-        )
-
-    def _swap_due(self) -> bool:
-        s = self.settings
-        if self._swapped or self._first_request_at is None:
-            return False
-        by_count = (
-            0 < s.swap_after_requests <= self.totals.scored + sum(self.totals.errors.values())
-        )
-        elapsed = time.monotonic() - self._first_request_at
-        by_time = 0 < s.swap_after_seconds <= elapsed
-        return by_count or by_time
-
-    def _swap(self) -> None:
-        """Train version 2 with other hyper-parameters and put it in version 1's place.
-
-        Done on the serving thread: requests wait in Kafka for the second it takes, which a
-        demo can afford; a production server would load beside the old version.
-        """
-        self._swapped = True
-        old = self._live
-        assert old is not None and self._data is not None and self._emitter is not None
-        identity = ModelIdentity(name=self.settings.model_name, version="2")
-        try:
-            model = train("2", V2_PARAMS, seed=self.settings.seed, data=self._data)
-            new = self._load(model, with_probability=True, replaces=old.model.version)
-        except Exception as exc:
-            # The catalog learns of the failure; serving goes on with the old version.
-            log.exception("version 2 could not be loaded; still serving version 1")
-            self._emitter.model_load_failed(identity, str(exc), type(exc).__name__)
-            return
-        self._emitter.schema_changed(new.identity, SchemaSide.OUTPUT, new.output, old.output)
-        self._live = new
-        added = sorted({f.name for f in new.output.fields} - {f.name for f in old.output.fields})
-        log.info(
-            "version %s replaces %s; output schema changed, new field(s) %s",
-            new.model.version,
-            old.model.version,
-            added,
-        )
+    def _apply(self, value: bytes | None) -> None:
+        assert self._host is not None
+        applied = self._host.apply(value)
+        if applied.outcome == "loaded" and self._host.live is not None:
+            self.totals.versions.append(self._host.live.version)
+            log.info("model %s %s", self.settings.model_name, applied.detail)
+        elif applied.outcome == "failed":
+            self.totals.failed_loads += 1
+            log.error("model %s: %s", self.settings.model_name, applied.detail)
+        else:
+            log.info("control message %s: %s", applied.outcome, applied.detail)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -358,18 +300,18 @@ class WineScoringServer:
             ready = self.settings.ready_file
             ready.parent.mkdir(parents=True, exist_ok=True)
             partial = ready.with_suffix(".partial")
-            info = {"pid": os.getpid(), "model_version": self._live and self._live.model.version}
+            live = self._host.live if self._host else None
+            info = {"pid": os.getpid(), "model_version": live and live.version}
             partial.write_text(json.dumps(info) + "\n", encoding="utf-8")
             partial.replace(ready)  # readers see the whole file or none
         self._assigned_once = True
 
     def _handle(self, messages: list[Any]) -> None:
-        live = self._live
-        assert live is not None
+        host = self._host
+        assert host is not None and host.live is not None
+        live = host.live
         began = time.perf_counter()
-        if self._first_request_at is None and any(m.error() is None for m in messages):
-            self._first_request_at = time.monotonic()
-        features = live.model.feature_names
+        features = host.feature_names
         valid: list[tuple[str, list[float]]] = []
         for message in messages:
             if message.error() is not None:
@@ -383,13 +325,12 @@ class WineScoringServer:
                 if sum(self.totals.errors.values()) <= 5:
                     log.warning("request at %s rejected: %s", _position(message), exc)
         if valid:
-            scores = live.model.score(np.array([row for _, row in valid], dtype=np.float64))
-            version = live.model.version
+            scores = host.score([row for _, row in valid])
             for (request_id, row), (cultivar, probability) in zip(valid, scores, strict=True):
                 result: dict[str, Any] = {
                     "request_id": request_id,
                     "cultivar": cultivar,
-                    "model_version": version,
+                    "model_version": live.version,
                 }
                 if live.with_probability:
                     result["probability"] = round(probability, 6)
@@ -442,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--input-topic", default=_env("DEMO_INPUT_TOPIC", d.input_topic), help="DEMO_INPUT_TOPIC")
     a("--output-topic", default=_env("DEMO_OUTPUT_TOPIC", d.output_topic), help="DEMO_OUTPUT_TOPIC")
     a(
+        "--control-topic",
+        default=_env("DEMO_CONTROL_TOPIC", d.control_topic),
+        help="model descriptors (DEMO_CONTROL_TOPIC)",
+    )
+    a(
         "--events-topic",
         default=_env("SERVEMETA_TOPIC", d.events_topic),
         help="lifecycle events topic (SERVEMETA_TOPIC)",
@@ -452,39 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--environment", default=_env("DEMO_ENVIRONMENT", d.environment), help="DEMO_ENVIRONMENT")
     a("--group-id", default=_env("DEMO_GROUP_ID", d.group_id), help="DEMO_GROUP_ID")
     a(
-        "--work-dir",
-        type=Path,
-        default=Path(_env("DEMO_WORK_DIR", str(d.work_dir))),
-        help="training data and model artifacts go here (DEMO_WORK_DIR)",
-    )
-    a(
-        "--swap-after-requests",
-        type=int,
-        default=int(_env("DEMO_SWAP_AFTER_REQUESTS", str(d.swap_after_requests))),
-        help="load version 2 after this many requests; 0: never (DEMO_SWAP_AFTER_REQUESTS)",
-    )
-    a(
-        "--swap-after-seconds",
-        type=float,
-        default=float(_env("DEMO_SWAP_AFTER_SECONDS", str(d.swap_after_seconds))),
-        help="or after this many seconds since the first request; 0: never "
-        "(DEMO_SWAP_AFTER_SECONDS)",
-    )
-    a(
         "--window-seconds",
         type=float,
         default=float(_env("DEMO_WINDOW_SECONDS", str(d.window_seconds))),
         help="scoring statistics window (DEMO_WINDOW_SECONDS)",
     )
-    a("--seed", type=int, default=int(_env("DEMO_SEED", str(d.seed))), help="DEMO_SEED")
     a(
-        "--artifact-format",
-        choices=get_args(ArtifactFormat),
-        default=_env("DEMO_ARTIFACT_FORMAT", d.artifact_format),
-        help="auto: an MLflow model when mlflow is installed, else joblib (DEMO_ARTIFACT_FORMAT)",
+        "--ready-file",
+        type=Path,
+        help="written once a model version is loaded and the request partitions assigned",
     )
-    a("--owner", default=_env("DEMO_OWNER", d.owner), help="DEMO_OWNER")
-    a("--ready-file", type=Path, help="written once the model is loaded and partitions assigned")
     a(
         "--unload-on-exit",
         action="store_true",
@@ -502,25 +425,18 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         )
     if args.window_seconds <= 0:
         raise ConfigError(f"--window-seconds must be positive, got {args.window_seconds}")
-    if args.swap_after_requests < 0 or args.swap_after_seconds < 0:
-        raise ConfigError("--swap-after-requests and --swap-after-seconds must be 0 or more")
     return ServerSettings(
         bootstrap=args.bootstrap,
         input_topic=args.input_topic,
         output_topic=args.output_topic,
+        control_topic=args.control_topic,
         events_topic=args.events_topic,
         model_name=args.model_name,
         server_name=args.server_name,
         cluster=args.cluster,
         environment=args.environment,
         group_id=args.group_id,
-        work_dir=args.work_dir,
-        swap_after_requests=args.swap_after_requests,
-        swap_after_seconds=args.swap_after_seconds,
         window_seconds=args.window_seconds,
-        seed=args.seed,
-        artifact_format=cast(ArtifactFormat, args.artifact_format),
-        owner=args.owner,
         ready_file=args.ready_file,
         unload_on_exit=args.unload_on_exit,
     )

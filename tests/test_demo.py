@@ -326,6 +326,7 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
         cluster="it",
         input_topic=f"demo-requests.{run}",
         output_topic=f"demo-scores.{run}",
+        control_topic=f"demo-models.{run}",
         events_topic=f"demo-events.{run}",
         dlq_topic=f"demo-events.{run}.dlq",
         server_group=f"demo-scorer-{run}",
@@ -336,7 +337,13 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
     prepare_work_dir(options)
     create_topics(
         kafka_bootstrap,
-        [options.input_topic, options.output_topic, options.events_topic, options.dlq_topic],
+        [
+            options.input_topic,
+            options.output_topic,
+            options.control_topic,
+            options.events_topic,
+            options.dlq_topic,
+        ],
     )
     progress = Progress(out=io.StringIO())
     sink_env = sink_environment(options, kafka_bootstrap)
@@ -358,7 +365,7 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
         assert v1.attributes["hyperParameters"]["n_estimators"] == "20"
         assert 0.85 < v2.attributes["metrics"]["test.accuracy"] <= 1.0
         assert v2.attributes["artifactUri"] == (
-            (tmp_path / "server" / "models" / model / "2").resolve().as_uri()
+            (tmp_path / "publisher" / "models" / model / "2").resolve().as_uri()
         )
         assert v2.attributes["accessMode"].endswith("owner-only")
         assert v2.attributes["contentHash"].startswith("sha256:")
@@ -366,7 +373,7 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
         assert _get(catalog, MODEL, naming.model(model, cluster)).attributes["latestVersion"] == "2"
 
         # The training source, with its schema.
-        csv_uri = (tmp_path / "server" / "data" / "wine.csv").resolve().as_uri()
+        csv_uri = (tmp_path / "publisher" / "data" / "wine.csv").resolve().as_uri()
         source = _get(catalog, FS_PATH, naming.uri_dataset(csv_uri, cluster))
         described = catalog.referrers(FS_PATH, source.qualified_name, "describes")
         assert [r.entity.type_name for r in described] == [DATA_SCHEMA]

@@ -33,6 +33,7 @@ from atlas_sink.runtime.config import SETTINGS, SinkConfig, load_config, setting
 from atlas_sink.runtime.metrics import SinkMetrics
 from atlas_sink.service import cli
 from capture.config import EmitterConfig
+from demo.publish_model import DEFAULT_CONTROL_TOPIC
 from local_services.atlas import STATUS_PATH
 from local_services.cli import _parser as local_services_parser
 from local_services.kafka import KAFKA_VERSION
@@ -347,12 +348,21 @@ def compose_env(name: str) -> dict[str, str]:
 
 
 # Jobs that run once and exit 0: nothing waits for them to be healthy, only to have finished.
-ONE_SHOT = {"topics", "traffic"}
+ONE_SHOT = {"topics", "traffic", "publish"}
 
 
 def test_compose_has_the_pipelines_services() -> None:
     services = compose()["services"]
-    assert set(services) == {"kafka", "topics", "registry", "atlas", "sink", "demo", "traffic"}
+    assert set(services) == {
+        "kafka",
+        "topics",
+        "registry",
+        "atlas",
+        "sink",
+        "publish",
+        "demo",
+        "traffic",
+    }
     assert {name for name, spec in services.items() if spec["restart"] == "no"} == ONE_SHOT
 
 
@@ -381,7 +391,7 @@ def test_compose_sink_environment_names_are_read_by_the_code() -> None:
 
 
 def test_compose_demo_environment_names_are_read_by_the_code() -> None:
-    assert {"DEMO_WORK_DIR", "DEMO_INPUT_TOPIC"} <= demo_server_variables()
+    assert {"DEMO_CONTROL_TOPIC", "DEMO_INPUT_TOPIC"} <= demo_server_variables()
     demo_variables = EMITTER_VARIABLES | demo_server_variables()
     assert unknown(list(compose_env("demo")), demo_variables) == []
     assert unknown(list(compose_env("traffic")), demo_traffic_variables()) == []
@@ -414,7 +424,7 @@ def test_compose_clients_use_the_advertised_internal_listener() -> None:
     assert listeners["INTERNAL"] == "kafka:19092"
     assert listeners["EXTERNAL"] == "127.0.0.1:9092"
     assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
-    for client in ("sink", "demo", "traffic"):
+    for client in ("sink", "demo", "traffic", "publish"):
         assert compose_env(client)["KAFKA_BOOTSTRAP_SERVERS"] == listeners["INTERNAL"]
     assert f"--bootstrap-server {listeners['INTERNAL']} " in service("topics")["command"][0]
 
@@ -444,7 +454,7 @@ def test_compose_demo_flags_and_health_check_agree_with_the_demo(
         patch.setattr(os, "environ", compose_env("demo"))
         settings = server.settings_from_args(server.build_parser().parse_args(demo["command"]))
     assert settings.bootstrap == "kafka:19092"
-    assert settings.work_dir == Path("/var/lib/servemeta/demo")
+    assert settings.control_topic == "wine-models"
     assert settings.ready_file == Path("/tmp/demo/ready")
     # /tmp is a tmpfs, so a restarted container is not healthy before it is ready again.
     assert demo["tmpfs"] == ["/tmp"]
@@ -462,8 +472,14 @@ def test_compose_demo_flags_and_health_check_agree_with_the_demo(
         DEFAULTS.dlq_topic,
         settings.input_topic,
         settings.output_topic,
+        settings.control_topic,
     ]
     assert settings.events_topic in DEFAULTS.topics
+    # The publisher's version 1 goes to the topic the server reads its models from.
+    publish = service("publish")
+    assert publish["entrypoint"] == ["python", "-m", "demo.publish_model"]
+    assert "--topic" not in publish["command"]
+    assert settings.control_topic == DEFAULT_CONTROL_TOPIC
 
 
 def test_compose_build_extras_exist_in_pyproject() -> None:
@@ -501,7 +517,7 @@ def test_compose_health_checks_and_dependencies() -> None:
     checks = {name: spec.get("healthcheck", {}) for name, spec in services.items()}
     # traffic runs the image whose HEALTHCHECK probes the sink: switched off; the Kafka image
     # of `topics` has none.
-    assert checks["traffic"] == {"disable": True}
+    assert checks["traffic"] == checks["publish"] == {"disable": True}
     assert checks["topics"] == {}
     for name in set(services) - ONE_SHOT:
         assert checks[name]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -515,7 +531,8 @@ def test_compose_health_checks_and_dependencies() -> None:
 
     depends = {name: spec.get("depends_on", {}) for name, spec in services.items()}
     assert set(depends["sink"]) == {"kafka", "topics", "registry", "atlas"}
-    assert set(depends["demo"]) == {"kafka", "topics", "registry"}
+    assert set(depends["demo"]) == {"kafka", "publish", "registry"}
+    assert set(depends["publish"]) == {"topics"}
     assert set(depends["traffic"]) == {"demo"}
     assert set(depends["topics"]) == {"kafka"}
     for name, needs in depends.items():

@@ -1,0 +1,151 @@
+"""Model descriptors on the model control topic: the typed mirror of
+``schemas/model_descriptor.avsc``, and its bytes (Avro single-object encoding).
+
+A descriptor publishes one model version for serving jobs to apply (the streaming
+model-serving shape: a control stream beside the data stream). It carries the artifact, or
+where to read it, with the hash its bytes must have, and the ``ModelLoaded`` facts the catalog
+is told when a server applies it. Decoding trusts nothing: any failure is a
+``DescriptorError`` naming what was wrong, for the server to report as ``ModelLoadFailed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from pydantic import TypeAdapter, ValidationError
+
+from capture import contract
+from capture.events import ModelLoaded, plain
+from capture.framing import FramingError, parse_frame, single_object_header
+
+DESCRIPTOR_SCHEMA_FILE = contract.SCHEMA_DIR / "model_descriptor.avsc"
+
+
+class ArtifactFormat(enum.StrEnum):
+    JOBLIB = "JOBLIB"
+    PMML = "PMML"
+    ONNX = "ONNX"
+    OTHER = "OTHER"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelDescriptor:
+    name: str
+    version: str
+    artifact_format: ArtifactFormat
+    content_hash: str
+    announcement: ModelLoaded
+    description: str | None = None
+    artifact_bytes: bytes | None = None
+    artifact_location: str | None = None
+
+
+class DescriptorError(ValueError):
+    """A control message that is not a descriptor this server can apply; ``kind`` is the
+    ``ModelLoadFailed.error_kind`` it is reported with."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class _Schema:
+    parsed: Any
+    fingerprint: bytes
+
+
+@cache
+def _schema() -> _Schema:
+    # The descriptor names the event contract's ModelLoaded: the contract is parsed first,
+    # as a reader in any language does (Avro's Schema.Parser keeps the names it has seen).
+    named: dict[str, Any] = {}
+    parse_schema(json.loads(contract.current().text), named_schemas=named)
+    parsed = parse_schema(
+        json.loads(DESCRIPTOR_SCHEMA_FILE.read_text(encoding="utf-8")), named_schemas=named
+    )
+    return _Schema(parsed, contract.fingerprint_of(parsed))
+
+
+_ANNOUNCEMENT = TypeAdapter(ModelLoaded)
+
+
+def content_hash(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def encode(descriptor: ModelDescriptor) -> bytes:
+    schema = _schema()
+    record = {
+        field.name: plain(getattr(descriptor, field.name))
+        for field in dataclasses.fields(descriptor)
+    }
+    body = io.BytesIO()
+    schemaless_writer(body, schema.parsed, record)
+    return single_object_header(schema.fingerprint) + body.getvalue()
+
+
+def decode(value: bytes | None) -> ModelDescriptor:
+    schema = _schema()
+    if not value:
+        raise DescriptorError(
+            "EmptyDescriptor", "expected a model descriptor, got an empty message"
+        )
+    try:
+        frame = parse_frame(value)
+    except FramingError as exc:
+        raise DescriptorError(
+            "DescriptorFraming", f"not an Avro-framed descriptor: {exc}"
+        ) from None
+    if frame.fingerprint != schema.fingerprint:
+        got = frame.fingerprint.hex() if frame.fingerprint else f"registry id {frame.schema_id}"
+        raise DescriptorError(
+            "UnknownDescriptorSchema",
+            f"expected a descriptor of schema fingerprint {schema.fingerprint.hex()} "
+            f"(schemas/model_descriptor.avsc), got {got}: publish with this project's schema",
+        )
+    body = io.BytesIO(value)
+    body.seek(frame.body_offset)
+    try:
+        record = schemaless_reader(body, schema.parsed, None)
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise DescriptorError(
+            "CorruptDescriptor", f"the descriptor's Avro body is corrupt: {type(exc).__name__}"
+        ) from None
+    if body.tell() != len(value):
+        raise DescriptorError(
+            "CorruptDescriptor",
+            f"{len(value) - body.tell()} bytes follow the descriptor's Avro body",
+        )
+    assert isinstance(record, dict)
+    try:
+        announcement = _ANNOUNCEMENT.validate_python(record["announcement"])
+    except ValidationError as exc:
+        raise DescriptorError(
+            "InvalidDescriptor", f"the descriptor's announcement is not a valid ModelLoaded: {exc}"
+        ) from None
+    descriptor = ModelDescriptor(
+        name=record["name"],
+        version=record["version"],
+        description=record["description"],
+        artifact_format=ArtifactFormat(record["artifact_format"]),
+        artifact_bytes=record["artifact_bytes"],
+        artifact_location=record["artifact_location"],
+        content_hash=record["content_hash"],
+        announcement=announcement,
+    )
+    if (descriptor.artifact_bytes is None) == (descriptor.artifact_location is None):
+        raise DescriptorError(
+            "InvalidDescriptor",
+            f"descriptor of {descriptor.name} {descriptor.version}: expected exactly one of "
+            "artifact_bytes and artifact_location",
+        )
+    return descriptor
