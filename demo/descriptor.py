@@ -65,13 +65,20 @@ class _Schema:
 
 @cache
 def _schema() -> _Schema:
-    # The descriptor names the event contract's ModelLoaded: the contract is parsed first,
-    # as a reader in any language does (Avro's Schema.Parser keeps the names it has seen).
-    named: dict[str, Any] = {}
-    parse_schema(json.loads(contract.current().text), named_schemas=named)
-    parsed = parse_schema(
-        json.loads(DESCRIPTOR_SCHEMA_FILE.read_text(encoding="utf-8")), named_schemas=named
-    )
+    """The descriptor schema as Avro Java's Schema.Parser holds it after parsing the contract
+    and then this file: the contract's ModelLoaded written out where ``announcement`` names
+    it. The fingerprint is of that whole schema, so a JVM job's single-object header (Avro's
+    BinaryMessageEncoder) and this one agree (schemas/vectors/)."""
+    event = json.loads(contract.current().text)
+    payload = next(f for f in event["fields"] if f["name"] == "payload")
+    loaded = next(b for b in payload["type"] if b["name"] == "ModelLoaded")
+    # The full name keeps the types defined inside ModelLoaded in the contract's namespace.
+    loaded = {**loaded, "name": ModelLoaded.AVRO_NAME}
+    schema = json.loads(DESCRIPTOR_SCHEMA_FILE.read_text(encoding="utf-8"))
+    for field in schema["fields"]:
+        if field["type"] == ModelLoaded.AVRO_NAME:
+            field["type"] = loaded
+    parsed = parse_schema(schema)
     return _Schema(parsed, contract.fingerprint_of(parsed))
 
 
