@@ -358,19 +358,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.parallelism,
         f", restored from {restore}" if restore else "",
     )
-    while str(client.get_job_status().result()) not in ("RUNNING", "FAILED", "CANCELED"):
+    def status() -> str:
+        return str(client.get_job_status().result().name)
+
+    while status() not in ("RUNNING", "FAILED", "CANCELED"):
         if stop.wait(0.2):
             break
-    status = str(client.get_job_status().result())
-    if status == "RUNNING" and args.ready_file is not None:
+    if status() == "RUNNING" and args.ready_file is not None:
         args.ready_file.parent.mkdir(parents=True, exist_ok=True)
         args.ready_file.write_text(
             json.dumps({"pid": os.getpid(), "job": str(client.get_job_id())})
         )
     while not stop.wait(0.5):
-        status = str(client.get_job_status().result())
-        if status in ("FAILED", "FINISHED", "CANCELED"):
-            log.error("the job ended by itself: %s (see %s)", status, os.environ["FLINK_LOG_DIR"])
+        ended = status()
+        if ended in ("FAILED", "FINISHED", "CANCELED"):
+            log.error("the job ended by itself: %s (see %s)", ended, os.environ["FLINK_LOG_DIR"])
             return 1
     client.cancel().result()
     # Cancelling returns at once; the instances' close() (ModelUnloaded, the last windows)
@@ -378,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if str(client.get_job_status().result()) == "CANCELED":
+            if status() == "CANCELED":
                 break
         except Exception:  # the mini cluster shuts down with the job
             break

@@ -5,29 +5,24 @@ while the previous version serves on, a redelivery ignored; and what the catalog
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from atlas_sink.core import naming
-from atlas_sink.core.decode import Decoder
-from atlas_sink.core.pipeline import Pipeline, RawMessage
-from atlas_sink.core.translate import DEPLOYMENT, MODEL_VERSION, Rules
-from atlas_sink.targets.local import LocalCatalog
-from capture.events import ModelEvent, ModelLoaded, ModelLoadFailed
+from atlas_sink.core.translate import DEPLOYMENT, MODEL_VERSION
+from capture.events import ModelLoaded, ModelLoadFailed
 from demo import descriptor
 from demo.descriptor import ModelDescriptor
 from demo.publish_model import build, publish
 from demo.server import ServerSettings, WineScoringServer
 from local_services import harness
+from local_services.harness import wait_for
+from tests.serving_io import Reader, into_catalog, scored
 
 pytestmark = pytest.mark.integration
 
@@ -65,33 +60,6 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelDescrip
     return {v: build(v, work) for v in ("1", "2")}
 
 
-def _poll(what: str, check: Callable[[], Any], deadline: float = 60.0) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {deadline:g} s waiting for {what}")
-
-
-class Reader:
-    """Everything a topic held so far, read on demand."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = harness.topic_reader(bootstrap, [topic], prefix="ct")
-        self.messages: list[Any] = []
-
-    def read(self) -> list[Any]:
-        for message in self._consumer.consume(500, timeout=0.5):
-            if message.error() is None:
-                self.messages.append(message)
-        return self.messages
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 @pytest.fixture
 def server(topics: Topics, tmp_path: Path) -> Iterator[Callable[[], WineScoringServer]]:
     stop = threading.Event()
@@ -122,34 +90,8 @@ def server(topics: Topics, tmp_path: Path) -> Iterator[Callable[[], WineScoringS
         thread.join(timeout=30)
 
 
-def _events(reader: Reader) -> list[ModelEvent]:
-    decoder = Decoder()
-    return [decoder.decode(m.value()) for m in reader.read()]
-
-
-def _request(topics: Topics, request_id: str) -> None:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": topics.bootstrap})
-    features = dict.fromkeys(_feature_names(), 1.0)
-    features["alcohol"] = 13.0
-    body = json.dumps({"request_id": request_id, "features": features}).encode()
-    producer.produce(topics.requests, body, key=request_id.encode())
-    producer.flush(10)
-
-
-def _feature_names() -> tuple[str, ...]:
-    from demo.model import load_data
-
-    return load_data().feature_names
-
-
-def _scored_by(scores: Reader, request_id: str) -> str | None:
-    for message in scores.read():
-        result = json.loads(message.value())
-        if result["request_id"] == request_id:
-            return str(result["model_version"])
-    return None
+def _version_of(topics: Topics, scores: Reader, request_id: str) -> str:
+    return str(scored(topics.bootstrap, topics.requests, scores, request_id)["model_version"])
 
 
 def test_models_come_from_the_control_topic_and_bad_ones_leave_the_served_one_serving(
@@ -168,11 +110,10 @@ def test_models_come_from_the_control_topic_and_bad_ones_leave_the_served_one_se
     events = Reader(topics.bootstrap, topics.events)
     scores = Reader(topics.bootstrap, topics.scores)
     server()
-    loads = _poll(
-        "the first load", lambda: [e for e in _events(events) if isinstance(e.payload, ModelLoaded)]
-    )
-    assert [(e.envelope.model.version, e.payload.replaces_version) for e in loads] == [("2", None)]
-    assert loads[0].envelope.model.content_hash == versions["2"].content_hash
+    loads = wait_for("the first load", lambda: events.payloads(ModelLoaded), 60)
+    assert [(v, p.replaces_version) for v, p in loads] == [("2", None)]
+    first = next(e for e in events.events() if isinstance(e.payload, ModelLoaded))
+    assert first.envelope.model.content_hash == versions["2"].content_hash
 
     # Bytes altered after hashing, and bytes that hash right but are no model: both refused,
     # version 2 serves on.
@@ -193,47 +134,31 @@ def test_models_come_from_the_control_topic_and_bad_ones_leave_the_served_one_se
     send(b"\xc3\x01 this is not a descriptor")
     send(descriptor.encode(versions["2"]))  # a redelivery of what serves: nothing happens
 
-    def refused() -> list[tuple[str, str]]:
-        return [
-            (e.envelope.model.version, e.payload.error_kind)
-            for e in _events(events)
-            if isinstance(e.payload, ModelLoadFailed)
-        ]
-
-    failed = _poll("two refused loads", lambda: refused() if len(refused()) >= 2 else None)
+    failed = wait_for(
+        "two refused loads",
+        lambda: [(v, p.error_kind) for v, p in events.payloads(ModelLoadFailed)],
+        60,
+        until=lambda found: len(found) >= 2,
+    )
     assert [version for version, _ in failed] == ["3", "4"]
     assert failed[0][1] == "ContentHashMismatch"
     # joblib's own error on bytes that are no pickle: named, and not the hash's.
     assert failed[1][1] not in ("ContentHashMismatch", "")
-    _request(topics, "after-the-refusals")
-    assert _poll("a score", lambda: _scored_by(scores, "after-the-refusals")) == "2"
+    assert _version_of(topics, scores, "after-the-refusals") == "2"
 
     # Version 1 published again replaces version 2: models may go back, and it is a load.
     send(descriptor.encode(replace(versions["1"], version="5")))
-    replaced = _poll(
+    replaced = wait_for(
         "the replacement",
-        lambda: [
-            e
-            for e in _events(events)
-            if isinstance(e.payload, ModelLoaded) and e.envelope.model.version == "5"
-        ],
+        lambda: [p for v, p in events.payloads(ModelLoaded) if v == "5"],
+        60,
     )
-    assert replaced[0].payload.replaces_version == "2"
-    _request(topics, "after-the-replacement")
-    assert _poll("a score", lambda: _scored_by(scores, "after-the-replacement")) == "5"
-    loads = [e for e in _events(events) if isinstance(e.payload, ModelLoaded)]
-    assert [e.envelope.model.version for e in loads] == ["2", "5"]
+    assert replaced[0].replaces_version == "2"
+    assert _version_of(topics, scores, "after-the-replacement") == "5"
+    assert [v for v, _ in events.payloads(ModelLoaded)] == ["2", "5"]
 
     # The catalog: 3 and 4 FAILED, the deployment serves 5, which replaced 2.
-    with LocalCatalog(tmp_path / "catalog.sqlite") as catalog:
-        catalog.ensure_types()
-
-        def later() -> datetime:
-            return datetime.now(UTC) + timedelta(minutes=1)
-
-        pipeline = Pipeline(catalog, Decoder(), Rules(), clock=later)
-        raw = [RawMessage(m.topic(), m.partition(), m.offset(), m.value()) for m in events.read()]
-        assert not pipeline.process(raw).dead
+    with into_catalog(tmp_path / "catalog.sqlite", events) as catalog:
         status = {
             v: catalog.entity(MODEL_VERSION, naming.model_version(MODEL, v, "ct"))
             for v in ("2", "3", "4", "5")
