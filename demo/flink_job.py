@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.parallelism,
         f", restored from {restore}" if restore else "",
     )
+
     def status() -> str:
         return str(client.get_job_status().result().name)
 

@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # imported when a service is started: --help stays quick
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = REPO / ".run" / "demo"
 MODEL_NAME = "wine-classifier"
+# demo.flink_job's default: two replicas of one deployment.
+FLINK_PARALLELISM = 2
 LOG_TAIL_LINES = 30
 # The user's connection settings, forwarded to every child; ATLAS_URL and SINK_* are not.
 _FORWARDED = ("KAFKA_", "SCHEMA_REGISTRY_", "ATLAS_USER", "ATLAS_PASSWORD")
@@ -81,6 +83,8 @@ class DemoOptions:
     events_topic: str = DEFAULT_TOPIC
     dlq_topic: str = f"{DEFAULT_TOPIC}.dlq"
     server_group: str = "wine-scorer"
+    # python: demo.server, one process; flink: demo.flink_job, PyFlink at parallelism 2.
+    engine: str = "python"
     # A group per run: the fresh catalog gets every event the topic holds.
     sink_group: str = field(default_factory=lambda: f"servemeta-demo-sink-{uuid.uuid4().hex[:8]}")
     atlas: bool = False
@@ -352,6 +356,12 @@ def _last_line(log: Path, marker: str) -> str:
     return ""
 
 
+def _count_lines(log: Path, marker: str) -> int:
+    with contextlib.suppress(OSError):
+        return log.read_text(encoding="utf-8", errors="replace").count(marker)
+    return 0
+
+
 class DemoRun:
     """The sink and the server as subprocesses, and the traffic in this process: the demo's
     processes around atlas_sink.core.pipeline.Pipeline, which runs inside the sink."""
@@ -384,12 +394,17 @@ class DemoRun:
         server_env = {**base, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
         if "SCHEMA_REGISTRY_URL" in sink_env:
             server_env["SCHEMA_REGISTRY_URL"] = sink_env["SCHEMA_REGISTRY_URL"]
+        engine = (
+            ["demo.flink_job", "--work-dir", str(options.work_dir / "flink")]
+            if options.engine == "flink"
+            else ["demo.server"]
+        )
         self.server = Component(
             "server",
             [
                 sys.executable,
                 "-m",
-                "demo.server",
+                *engine,
                 "--bootstrap",
                 bootstrap,
                 "--input-topic",
@@ -498,6 +513,15 @@ class DemoRun:
                 o.start_timeout,
                 component=self.server,
             )
+            if o.engine == "flink":
+                # The job runs before its instances have read the control topic; requests
+                # that came first would find no model (and be answered with an error).
+                wait_for(
+                    "both of the Flink job's instances to load version 1",
+                    lambda: _count_lines(self.server.log, "version 1 loaded") >= FLINK_PARALLELISM,
+                    o.start_timeout,
+                    component=self.server,
+                )
         loaded = _last_line(self.server.log, "version 1 loaded")
         self.progress.line(
             f"server: serving {o.input_topic} -> {o.output_topic} "
@@ -563,8 +587,10 @@ class DemoRun:
         self._drain_and_stop(
             "server", self.server, o.server_group, o.input_topic, "score every request"
         )
-        self.result.server_summary = _last_line(self.server.log, "stopped: ").removeprefix(
-            "stopped: "
+        self.result.server_summary = (
+            "was cancelled, every instance closed"
+            if o.engine == "flink" and _last_line(self.server.log, "job cancelled")
+            else _last_line(self.server.log, "stopped: ").removeprefix("stopped: ")
         )
         self._report_swap()
         if not self.result.swap_line:
@@ -941,6 +967,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.window_seconds,
         help="scoring statistics window in seconds (default 5)",
     )
+    a(
+        "--engine",
+        choices=("python", "flink"),
+        default=d.engine,
+        help="what serves the model: the Python service (default) or the PyFlink job, two "
+        "parallel instances on a local Flink mini cluster (the flink extra)",
+    )
     a("--atlas", action="store_true", help="start the project's own Apache Atlas as the target")
     a("--registry", action="store_true", help="start the local schema registry (Confluent format)")
     a(
@@ -973,7 +1006,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         atlas=args.atlas,
         registry=args.registry,
         keep_services=args.keep_services,
-        start_timeout=900.0 if args.atlas else DemoOptions.start_timeout,
+        engine=args.engine,
+        # Atlas takes minutes to start; a first Flink job fetches its connector and starts a JVM.
+        start_timeout=900.0 if args.atlas else 300.0 if args.engine == "flink" else 90.0,
         drain_timeout=300.0 if args.atlas or os.environ.get("ATLAS_URL") else 60.0,
     )
 

@@ -29,7 +29,7 @@ stop_leftovers() {
     for component in server sink; do
         pid=$(cat "$state/$component.pid" 2>/dev/null || true)
         # The pid file may be stale: signal only a process that is still the demo's.
-        if [ -n "$pid" ] && ps -o args= -p "$pid" 2>/dev/null | grep -q -e demo.server -e atlas_sink; then
+        if [ -n "$pid" ] && ps -o args= -p "$pid" 2>/dev/null | grep -q -e demo.server -e demo.flink_job -e atlas_sink; then
             kill -TERM -- "-$pid" 2>/dev/null || true
             for _ in $(seq 1 30); do
                 kill -0 "$pid" 2>/dev/null || break

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import math
+import re
 import uuid
 from pathlib import Path
 
@@ -434,3 +435,64 @@ def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
     assert model in report
     if picture is not None:
         assert picture.is_file() and picture.stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_the_demo_on_flink_serves_from_two_replicas_and_reports_both(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyflink")
+    run = uuid.uuid4().hex[:8]
+    options = DemoOptions(
+        duration=8.0,
+        rate=20.0,
+        error_rate=0.1,
+        swap_after_seconds=3.0,
+        window_seconds=1.0,
+        work_dir=tmp_path,
+        cluster="itf",
+        input_topic=f"demo-requests.{run}",
+        output_topic=f"demo-scores.{run}",
+        control_topic=f"demo-models.{run}",
+        events_topic=f"demo-events.{run}",
+        dlq_topic=f"demo-events.{run}.dlq",
+        server_group=f"demo-flink-{run}",
+        sink_group=f"demo-sink-{run}",
+        engine="flink",
+        start_timeout=300.0,
+        drain_timeout=60.0,
+    )
+    prepare_work_dir(options)
+    # Two request partitions: each of the job's two instances reads one.
+    create_topics(kafka_bootstrap, [options.input_topic], partitions=2)
+    create_topics(
+        kafka_bootstrap,
+        [options.output_topic, options.control_topic, options.events_topic, options.dlq_topic],
+    )
+    sink_env = sink_environment(options, kafka_bootstrap)
+    demo_run = DemoRun(options, kafka_bootstrap, Progress(out=io.StringIO()), sink_env)
+    result = demo_run.run()
+    assert result.dead_letters == 0
+    assert "replacing version 1" in result.swap_line
+
+    model = options.model_name
+    with LocalCatalog(options.catalog_path) as catalog:
+        deployment = _get(catalog, DEPLOYMENT, naming.deployment("wine-scorer-flink", model, "itf"))
+        # Cancelled at the end: every instance unloaded what it served.
+        assert deployment.attributes["status"] == "STOPPED"
+        assert deployment.attributes["serverKind"] == "flink"
+        figures = {
+            r.entity.attributes["version"]: r.entity.attributes
+            for r in catalog.referrers(DEPLOYMENT, deployment.qualified_name, "deployment")
+        }
+        assert sorted(figures) == ["1", "2"]
+        assert sum(f["lifetime"]["requests"] for f in figures.values()) == result.requests_sent
+        assert all(len(f["replicas"]) == 2 for f in figures.values())
+        v2 = _get(catalog, MODEL_VERSION, naming.model_version(model, "2", "itf"))
+        assert v2.attributes["replacesVersion"] == "1"
+
+    capsys.readouterr()
+    show_report(options, sink_env, demo_run.base_env, Progress(out=io.StringIO()))
+    report = capsys.readouterr().out
+    assert "wine-scorer-flink" in report
+    assert re.search(r"^\s+2\s+\d+\s+[\d.]+%.*\s2\s+\w+", report, re.M), report

@@ -391,3 +391,32 @@ def test_the_lineage_picture_shows_each_version_s_live_figures(catalog: LocalCat
         t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "note"
     ]
     assert shown == notes[deployment]
+
+
+def test_a_schema_change_announced_by_every_replica_is_one_entry_but_a_later_one_is_not() -> None:
+    from atlas_sink.catalog.report import schema_history
+
+    def change(at: int, previous: str, new: str) -> dict[str, object]:
+        return {
+            "changedAt": at,
+            "side": "OUTPUT",
+            "previousFingerprint": previous,
+            "newFingerprint": new,
+            "compatibility": "FORWARD",
+        }
+
+    history = schema_history(
+        [
+            change(1000, "a", "b"),
+            change(1001, "a", "b"),
+            change(2000, "b", "a"),
+            change(3000, "a", "b"),
+        ]
+    )
+    assert [
+        (h["previousFingerprint"], h["newFingerprint"], h["announcements"]) for h in history
+    ] == [
+        ("a", "b", 2),
+        ("b", "a", 1),
+        ("a", "b", 1),
+    ]

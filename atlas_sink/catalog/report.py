@@ -188,6 +188,34 @@ def _latencies(
     return {name: figures.get(f"latency{name.title()}Seconds") for name in names}
 
 
+def schema_history(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Schema changes oldest first. Every replica of a deployment announces the change of the
+    version it loads: the same change from several replicas is one entry, with how many
+    announced it (the first announcement's time). A change made again after another is an
+    entry of its own."""
+    history: list[dict[str, Any]] = []
+    latest: dict[Any, dict[str, Any]] = {}  # per side, its newest entry
+    for c in changes:
+        last = latest.get(c.get("side"))
+        if last is not None and (last["previousFingerprint"], last["newFingerprint"]) == (
+            c.get("previousFingerprint"),
+            c.get("newFingerprint"),
+        ):
+            last["announcements"] += 1
+            continue
+        entry = latest[c.get("side")] = {
+            "changedAt": _millis(c.get("changedAt")),
+            "side": c.get("side"),
+            "previousFingerprint": c.get("previousFingerprint"),
+            "newFingerprint": c.get("newFingerprint"),
+            "compatibility": c.get("compatibility"),
+            "claimedCompatibility": c.get("claimedCompatibility"),
+            "announcements": 1,
+        }
+        history.append(entry)
+    return history
+
+
 def _entries(value: Any) -> dict[str, dict[str, Any]]:
     """A map of ``key=value; ...`` entries (replicas, rollups, features), read back."""
     return {str(key): from_words(text) for key, text in (value or {}).items()}
@@ -348,17 +376,7 @@ def build_report(
         "schemas": {
             "input": _schema(reader, input_ref if isinstance(input_ref, Ref) else None),
             "output": _schema(reader, output_ref if isinstance(output_ref, Ref) else None),
-            "history": [
-                {
-                    "changedAt": _millis(c.get("changedAt")),
-                    "side": c.get("side"),
-                    "previousFingerprint": c.get("previousFingerprint"),
-                    "newFingerprint": c.get("newFingerprint"),
-                    "compatibility": c.get("compatibility"),
-                    "claimedCompatibility": c.get("claimedCompatibility"),
-                }
-                for c in changes
-            ],
+            "history": schema_history(changes),
         },
         "taxonomy": {
             "tags": attrs.get("tags") or [],
@@ -471,10 +489,12 @@ def render_text(report: Report) -> str:
     for change in d["schemas"]["history"] or []:
         verdict, claimed = change["compatibility"], change["claimedCompatibility"]
         differs = claimed not in (None, verdict, "UNKNOWN")
+        replicas = change["announcements"]
         out.append(
             f"  changed {change['changedAt']}: {change['side'].lower()} "
             f"{change['previousFingerprint']} -> {change['newFingerprint']} "
             f"({verdict}{f', the producer claimed {claimed}' if differs else ''})"
+            + (f", announced by {replicas} replicas" if replicas > 1 else "")
         )
     tax = d["taxonomy"]
     out.append("7. Taxonomy and classifications")
