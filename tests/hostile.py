@@ -108,8 +108,9 @@ class Case:
 # -- valid events, from the real emitter --------------------------------------------------------
 
 
-class _Capture:
-    """A KafkaProducer for the emitter that keeps what it is given."""
+class CapturingProducer:
+    """The emitter's Kafka producer, for tests that never reach Kafka: keeps (value, key) of
+    what it is given."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
@@ -192,7 +193,7 @@ def valid_events(count: int, seed: int, start: datetime) -> list[tuple[bytes, by
     names = itertools.cycle(VALID_NAMES)
     per_emitter = 40
     while len(out) < count:
-        capture = _Capture()
+        capture = CapturingProducer()
         deployment = Deployment(
             server_kind="python", server_name=next(names)[:60] + " scorer", cluster=next(clusters)
         )

@@ -14,6 +14,7 @@ import math
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -312,29 +313,32 @@ def _get(catalog: LocalCatalog, type_name: str, qualified_name: str) -> StoredEn
     return found
 
 
+def _short_demo(tmp_path: Path, **settings: Any) -> DemoOptions:
+    """A few seconds of the demo on topics and groups of its own."""
+    run = uuid.uuid4().hex[:8]
+    defaults: dict[str, Any] = {
+        "rate": 20.0,
+        "error_rate": 0.1,
+        "window_seconds": 1.0,
+        "work_dir": tmp_path,
+        "input_topic": f"demo-requests.{run}",
+        "output_topic": f"demo-scores.{run}",
+        "control_topic": f"demo-models.{run}",
+        "events_topic": f"demo-events.{run}",
+        "dlq_topic": f"demo-events.{run}.dlq",
+        "server_group": f"demo-scorer-{run}",
+        "sink_group": f"demo-sink-{run}",
+        "start_timeout": 60.0,
+        "drain_timeout": 30.0,
+    }
+    return DemoOptions(**{**defaults, **settings})
+
+
 @pytest.mark.integration
 def test_a_short_demo_fills_the_catalog_with_versions_stats_schemas_and_lineage(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    options = DemoOptions(
-        duration=5.0,
-        rate=20.0,
-        error_rate=0.1,
-        swap_after_seconds=2.0,
-        window_seconds=1.0,
-        work_dir=tmp_path,
-        cluster="it",
-        input_topic=f"demo-requests.{run}",
-        output_topic=f"demo-scores.{run}",
-        control_topic=f"demo-models.{run}",
-        events_topic=f"demo-events.{run}",
-        dlq_topic=f"demo-events.{run}.dlq",
-        server_group=f"demo-scorer-{run}",
-        sink_group=f"demo-sink-{run}",
-        start_timeout=60.0,
-        drain_timeout=30.0,
-    )
+    options = _short_demo(tmp_path, duration=5.0, swap_after_seconds=2.0, cluster="it")
     prepare_work_dir(options)
     create_topics(
         kafka_bootstrap,
@@ -442,22 +446,11 @@ def test_the_demo_on_flink_serves_from_two_replicas_and_reports_both(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("pyflink")
-    run = uuid.uuid4().hex[:8]
-    options = DemoOptions(
+    options = _short_demo(
+        tmp_path,
         duration=8.0,
-        rate=20.0,
-        error_rate=0.1,
         swap_after_seconds=3.0,
-        window_seconds=1.0,
-        work_dir=tmp_path,
         cluster="itf",
-        input_topic=f"demo-requests.{run}",
-        output_topic=f"demo-scores.{run}",
-        control_topic=f"demo-models.{run}",
-        events_topic=f"demo-events.{run}",
-        dlq_topic=f"demo-events.{run}.dlq",
-        server_group=f"demo-flink-{run}",
-        sink_group=f"demo-sink-{run}",
         engine="flink",
         start_timeout=300.0,
         drain_timeout=60.0,

@@ -457,29 +457,10 @@ MODEL = ModelIdentity(name="wine", version="1")
 DEPLOYMENT_ID = Deployment(server_kind="python", server_name="scorer", cluster="it")
 
 
-class _NoKafka:
-    """The emitter's producer, for tests that never reach Kafka."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes) -> None:
-        self.sent.append(value)
-
-    def poll(self, timeout: float) -> int:
-        return 0
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-
 @pytest.fixture
 def emitter() -> Iterator[Emitter]:
     config = EmitterConfig(bootstrap_servers="127.0.0.1:9", topic="abuse")
-    em = Emitter(config, DEPLOYMENT_ID, producer=_NoKafka())
+    em = Emitter(config, DEPLOYMENT_ID, producer=hostile.CapturingProducer())
     yield em
     em.close()
 

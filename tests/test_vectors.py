@@ -36,6 +36,7 @@ from capture.profile import profile_features
 from capture.stats import ScoringRecorder
 from demo import descriptor as descriptors
 from demo import vectors
+from tests.hostile import CapturingProducer
 
 EVENTS = {vector.name: vector for vector in vectors.event_vectors()}
 NAMES = [*EVENTS, vectors.DESCRIPTOR_VECTOR]
@@ -147,27 +148,8 @@ def test_the_descriptor_header_is_the_one_avro_java_writes() -> None:
     assert _stored(vectors.DESCRIPTOR_VECTOR)[2:10] == bytes.fromhex("bb1594219de12518")
 
 
-class _Capture:
-    """A KafkaProducer for the emitter that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes) -> None:
-        self.sent.append((key, value))
-
-    def poll(self, timeout: float) -> int:
-        return 0
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-
 def test_a_real_emitter_keys_frames_and_writes_the_payloads_as_the_vectors() -> None:
-    kafka = _Capture()
+    kafka = CapturingProducer()
     config = EmitterConfig(bootstrap_servers="127.0.0.1:9", close_timeout_seconds=5)
     emitter = Emitter(config, vectors.DEPLOYMENT, producer=kafka, clock=lambda: vectors.T0)
     lifecycle = [v for v in EVENTS.values() if not isinstance(v.event.payload, ScoringStats)]
@@ -187,7 +169,7 @@ def test_a_real_emitter_keys_frames_and_writes_the_payloads_as_the_vectors() -> 
     emitter.close()
     assert len(kafka.sent) == len(lifecycle)
     decoder = Decoder()
-    for vector, (key, value) in zip(lifecycle, kafka.sent, strict=True):
+    for vector, (value, key) in zip(lifecycle, kafka.sent, strict=True):
         assert key == vectors.kafka_key(vector.event).encode(), vector.name
         assert value[:10] == _stored(vector.name)[:10], vector.name
         assert decoder.decode(value).payload == vector.event.payload, vector.name
