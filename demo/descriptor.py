@@ -23,7 +23,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from pydantic import TypeAdapter, ValidationError
 
 from capture import contract
-from capture.events import ModelLoaded, plain
+from capture.events import ModelIdentity, ModelLoaded, plain
 from capture.framing import FramingError, parse_frame, single_object_header
 
 DESCRIPTOR_SCHEMA_FILE = contract.SCHEMA_DIR / "model_descriptor.avsc"
@@ -47,6 +47,11 @@ class ModelDescriptor:
     artifact_bytes: bytes | None = None
     artifact_location: str | None = None
 
+    def identity(self) -> ModelIdentity:
+        """What the catalog names the version by. Raises the contract's ValueError for a name
+        or version it refuses (empty, too long, control characters)."""
+        return ModelIdentity(name=self.name, version=self.version, content_hash=self.content_hash)
+
 
 class DescriptorError(ValueError):
     """A control message that is not a descriptor this server can apply; ``kind`` is the
@@ -63,13 +68,12 @@ class _Schema:
     fingerprint: bytes
 
 
-@cache
-def _schema() -> _Schema:
-    """The descriptor schema as Avro Java's Schema.Parser holds it after parsing the contract
-    and then this file: the contract's ModelLoaded written out where ``announcement`` names
-    it. The fingerprint is of that whole schema, so a JVM job's single-object header (Avro's
-    BinaryMessageEncoder) and this one agree (schemas/vectors/)."""
-    event = json.loads(contract.current().text)
+def _self_contained(event_contract: str) -> _Schema:
+    """The descriptor schema as Avro Java's Schema.Parser holds it after parsing that event
+    contract and then this file: the contract's ModelLoaded written out where ``announcement``
+    names it. The fingerprint is of that whole schema, so a JVM job's single-object header
+    (Avro's BinaryMessageEncoder) and this one agree (schemas/vectors/)."""
+    event = json.loads(event_contract)
     payload = next(f for f in event["fields"] if f["name"] == "payload")
     loaded = next(b for b in payload["type"] if b["name"] == "ModelLoaded")
     # The full name keeps the types defined inside ModelLoaded in the contract's namespace.
@@ -80,6 +84,21 @@ def _schema() -> _Schema:
             field["type"] = loaded
     parsed = parse_schema(schema)
     return _Schema(parsed, contract.fingerprint_of(parsed))
+
+
+@cache
+def _schema() -> _Schema:
+    return _self_contained(contract.current().text)
+
+
+@cache
+def _writers() -> dict[bytes, _Schema]:
+    """Every descriptor schema a publisher may have written with, by fingerprint: one per
+    released event contract, since the announcement is that contract's ModelLoaded. A
+    descriptor published before a contract release stays readable after it."""
+    known = {s.fingerprint: s for s in map(_self_contained, (c.text for c in contract.released()))}
+    known[_schema().fingerprint] = _schema()
+    return known
 
 
 _ANNOUNCEMENT = TypeAdapter(ModelLoaded)
@@ -112,17 +131,19 @@ def decode(value: bytes | None) -> ModelDescriptor:
         raise DescriptorError(
             "DescriptorFraming", f"not an Avro-framed descriptor: {exc}"
         ) from None
-    if frame.fingerprint != schema.fingerprint:
+    writer = _writers().get(frame.fingerprint or b"")
+    if writer is None:
         got = frame.fingerprint.hex() if frame.fingerprint else f"registry id {frame.schema_id}"
         raise DescriptorError(
             "UnknownDescriptorSchema",
             f"expected a descriptor of schema fingerprint {schema.fingerprint.hex()} "
-            f"(schemas/model_descriptor.avsc), got {got}: publish with this project's schema",
+            f"(schemas/model_descriptor.avsc; or of an earlier contract's), got {got}: "
+            "publish with this project's schema, or upgrade this server",
         )
     body = io.BytesIO(value)
     body.seek(frame.body_offset)
     try:
-        record = schemaless_reader(body, schema.parsed, None)
+        record = schemaless_reader(body, writer.parsed, None if writer is schema else schema.parsed)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise DescriptorError(
             "CorruptDescriptor", f"the descriptor's Avro body is corrupt: {type(exc).__name__}"
@@ -149,6 +170,10 @@ def decode(value: bytes | None) -> ModelDescriptor:
         content_hash=record["content_hash"],
         announcement=announcement,
     )
+    try:
+        descriptor.identity()
+    except ValueError as exc:  # the contract's own checks of a model's name and version
+        raise DescriptorError("InvalidDescriptor", f"the descriptor's identity: {exc}") from None
     if (descriptor.artifact_bytes is None) == (descriptor.artifact_location is None):
         raise DescriptorError(
             "InvalidDescriptor",

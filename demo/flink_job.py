@@ -52,6 +52,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaRecordSerializationSchema,
     KafkaSink,
     KafkaSource,
+    KafkaTopicPartition,
 )
 from pyflink.datastream.functions import BroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
@@ -133,8 +134,11 @@ class ScoreWithModels(BroadcastProcessFunction):  # type: ignore[misc]  # PyFlin
         )
 
     def close(self) -> None:
-        self.host.unload("the Flink job stopped this instance")
-        self.emitter.close()
+        # Flink closes an instance whose open() failed too: only what was opened is closed.
+        if hasattr(self, "host"):
+            self.host.unload("the Flink job stopped this instance")
+        if hasattr(self, "emitter"):
+            self.emitter.close()
         log.info("instance %d closed", self.index)
 
     def _resume(self, stored: Any) -> None:
@@ -188,12 +192,7 @@ class ScoreWithModels(BroadcastProcessFunction):  # type: ignore[misc]  # PyFlin
         yield json.dumps(result, separators=(",", ":")).encode()
 
 
-def _source(s: JobSettings, topic: str, group: str, *, committed: bool) -> KafkaSource:
-    start = (
-        KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
-        if committed
-        else KafkaOffsetsInitializer.earliest()
-    )
+def _source(s: JobSettings, topic: str, group: str, start: KafkaOffsetsInitializer) -> KafkaSource:
     return (
         KafkaSource.builder()
         .set_bootstrap_servers(s.bootstrap)
@@ -205,6 +204,33 @@ def _source(s: JobSettings, topic: str, group: str, *, committed: bool) -> Kafka
         .set_property("max.partition.fetch.bytes", str(16 * 1024 * 1024))
         .build()
     )
+
+
+def control_start(s: JobSettings) -> dict[int, int]:
+    """Where a fresh job's control stream starts, per partition: at the newest descriptor it
+    can apply, and at the end of the others, so that history is not announced as new loads.
+    (A restored job starts where its checkpoint left off instead.)"""
+    from confluent_kafka import Consumer
+
+    from demo.control_topic import newest_applicable, read_to_end
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.bootstrap,
+            "group.id": f"{s.group_id}-control-start",
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 16 * 1024 * 1024,
+        }
+    )
+    try:
+        position = read_to_end(consumer, s.control_topic)
+    finally:
+        consumer.close()
+    starts = dict(position.ends)
+    chosen = newest_applicable(position.messages, s.model_name)
+    if chosen is not None:
+        starts[chosen.partition] = chosen.offset
+    return starts
 
 
 def _keep_temporary_files_in(directory: Path) -> None:
@@ -235,8 +261,13 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 
 
 def build(
-    s: JobSettings, connector: Path, restore: Path | None = None
+    s: JobSettings,
+    connector: Path,
+    restore: Path | None = None,
+    control_offsets: dict[int, int] | None = None,
 ) -> StreamExecutionEnvironment:
+    """``control_offsets``: where a fresh job reads the control topic from (``control_start``);
+    a restored job reads from its checkpoint's offsets whatever this says."""
     work = Path(s.work_dir).absolute()
     temporary = work / "tmp"
     _keep_temporary_files_in(temporary)
@@ -261,13 +292,24 @@ def build(
     env.add_jars(connector.absolute().as_uri())
     env.set_python_executable(sys.executable)
     requests = env.from_source(
-        _source(s, s.input_topic, s.group_id, committed=True),
+        _source(
+            s,
+            s.input_topic,
+            s.group_id,
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
+        ),
         WatermarkStrategy.no_watermarks(),
         "requests",
     )
-    # Every descriptor from the beginning, in every run: the state decides what is new.
+    models_start = (
+        KafkaOffsetsInitializer.offsets(
+            {KafkaTopicPartition(s.control_topic, p): o for p, o in control_offsets.items()}
+        )
+        if control_offsets is not None
+        else KafkaOffsetsInitializer.earliest()
+    )
     models = env.from_source(
-        _source(s, s.control_topic, f"{s.group_id}-control", committed=False),
+        _source(s, s.control_topic, f"{s.group_id}-control", models_start),
         WatermarkStrategy.no_watermarks(),
         "models",
     )
@@ -340,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     elif args.restore_from:
         restore = Path(args.restore_from)
+        if not (restore / "_metadata").is_file():
+            print(f"error: {restore} is no checkpoint (no _metadata in it)", file=sys.stderr)
+            return 2
     from local_services.flink import kafka_connector
 
     stop = threading.Event()
@@ -350,7 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = build(settings, kafka_connector(), restore)
+    try:
+        offsets = None if restore is not None else control_start(settings)
+    except (LookupError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    env = build(settings, kafka_connector(), restore, offsets)
     client = env.execute_async(settings.job_name)
     log.info(
         "job %s submitted (parallelism %d%s)",

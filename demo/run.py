@@ -573,6 +573,11 @@ class DemoRun:
             swap.join(timeout=o.start_timeout)
         if self._publish_failure is not None:
             raise self._publish_failure
+        if swap.is_alive():
+            raise StepFailed(
+                f"version 2 was still being published {o.start_timeout:g} s after the traffic "
+                "ended: is the broker healthy?"
+            )
         if sent.failed:
             raise StepFailed(
                 f"traffic: {sent.failed} of {sent.sent} requests were not delivered to "

@@ -43,6 +43,7 @@ from typing import Any
 from capture.config import DEFAULT_TOPIC, ConfigError, EmitterConfig, KafkaSecurity
 from capture.emitter import Emitter
 from capture.events import Deployment, Runtime
+from demo.control_topic import newest_applicable, read_to_end
 from demo.model import load_data
 from demo.publish_model import DEFAULT_CONTROL_TOPIC
 from demo.serving import ModelHost
@@ -192,37 +193,31 @@ class WineScoringServer:
         self._producer = Producer({**client, "linger.ms": 5, "enable.idempotence": True})
         self._catch_up()
 
-    def _catch_up(self, timeout: float = 30.0) -> None:
-        """Apply the newest descriptor the control topic holds now (older ones were served
-        before this server started: they are history, not loads of this server's)."""
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-        topic = self.settings.control_topic
-        metadata = self._control.list_topics(topic, timeout=timeout).topics.get(topic)
-        partitions = sorted(metadata.partitions) if metadata and not metadata.error else []
-        if not partitions:
-            raise ConfigError(
-                f"the control topic {topic} does not exist: create it, or publish a model "
-                "(python -m demo.publish_model) first"
-            )
-        ends = {}
-        for p in partitions:
-            _low, high = self._control.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout
-            )
-            ends[p] = high
-        self._control.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        newest: bytes | None = None
-        pending = {p for p, end in ends.items() if end > 0}
-        while pending:
-            for message in self._control.consume(100, timeout=1.0):
-                if message.error() is not None:
-                    continue
-                newest = message.value()
-                if message.offset() + 1 >= ends[message.partition()]:
-                    pending.discard(message.partition())
-        if newest is not None:
-            self._apply(newest)
+    def _catch_up(self, timeout: float = 60.0) -> None:
+        """Serve the newest version the control topic holds now that can be applied; older
+        ones were served before this server started: history, not loads of its own. Newer
+        ones (which could not be applied) are tried again."""
+        s = self.settings
+        try:
+            position = read_to_end(self._control, s.control_topic, timeout)
+        except (LookupError, TimeoutError) as exc:
+            raise ConfigError(str(exc)) from None
+        chosen = newest_applicable(position.messages, s.model_name)
+        log.info(
+            "control topic %s: %d messages, %s",
+            s.control_topic,
+            len(position.messages),
+            "none applicable yet"
+            if chosen is None
+            else f"the newest applicable at {chosen.offset}",
+        )
+        if chosen is not None:
+            self._apply(chosen.value)
+            # Those published after it could not be applied; they are tried (and reported)
+            # again, as a job starting at the chosen one does.
+            for later in position.messages:
+                if later.partition == chosen.partition and later.offset > chosen.offset:
+                    self._apply(later.value)
 
     def run(self, stop: threading.Event) -> ServerTotals:
         """Serve until ``stop`` is set; then shut down cleanly."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from capture.emitter import Emitter
 from capture.events import DataSchema, ModelIdentity, Runtime, SchemaSide
 from capture.stats import ScoringRecorder
+from capture.typecheck import EventValueError
 from demo import descriptor as descriptors
 from demo.descriptor import ArtifactFormat, DescriptorError, ModelDescriptor
 from demo.model import classify
@@ -92,19 +94,23 @@ class ModelHost:
         except DescriptorError as exc:
             log.error("control message refused (%s): %s", exc.kind, exc)
             return Applied("failed", f"{exc.kind}: {exc}")
-        return self.apply_descriptor(descriptor, restored=restored)
+        try:
+            return self._apply(descriptor, restored=restored)
+        except EventValueError as exc:
+            # A value the contract refuses to carry (an artifact_location with control
+            # characters, say): nothing can be announced of it.
+            log.error("descriptor of %s %s refused: %s", descriptor.name, descriptor.version, exc)
+            return Applied("failed", f"InvalidDescriptor: {exc}")
 
-    def apply_descriptor(self, descriptor: ModelDescriptor, *, restored: bool = False) -> Applied:
+    def _apply(self, descriptor: ModelDescriptor, *, restored: bool) -> Applied:
         if descriptor.name != self.model_name:
             return Applied("ignored", f"a descriptor of {descriptor.name}, not {self.model_name}")
-        identity = ModelIdentity(
-            name=descriptor.name, version=descriptor.version, content_hash=descriptor.content_hash
-        )
+        identity = descriptor.identity()  # checked by decode
         old = self.live
         if old is not None and old.identity == identity:
             return Applied("unchanged", f"version {identity.version} is served already")
         try:
-            estimator = self._load(descriptor)
+            estimator, size = self._load(descriptor)
         except Exception as exc:
             kind = exc.kind if isinstance(exc, DescriptorError) else type(exc).__name__
             reason = f"{exc}"[:2000] or kind
@@ -113,8 +119,16 @@ class ModelHost:
             return Applied(
                 "failed", f"version {identity.version} not loaded ({kind}: {reason}); {serving}"
             )
+        published = descriptor.announcement
         announcement = dataclasses.replace(
-            descriptor.announcement,
+            published,
+            # What this server checked of the artifact, not what the publisher said of it.
+            artifact=dataclasses.replace(
+                published.artifact,
+                uri=descriptor.artifact_location or published.artifact.uri,
+                content_hash=descriptor.content_hash,
+                size_bytes=size,
+            ),
             runtime=self._runtime,
             inputs=self._inputs,
             outputs=self._outputs,
@@ -132,20 +146,20 @@ class ModelHost:
         replaces = f", replacing version {old.version}" if old is not None else ""
         return Applied("loaded", f"version {identity.version} {how}{replaces}")
 
-    def _load(self, descriptor: ModelDescriptor) -> Any:
+    def _load(self, descriptor: ModelDescriptor) -> tuple[Any, int]:
+        """The estimator, and the size of the artifact it was loaded from."""
         if descriptor.artifact_format is not ArtifactFormat.JOBLIB:
             raise DescriptorError(
                 "UnsupportedArtifactFormat",
                 f"this server loads JOBLIB artifacts, got {descriptor.artifact_format.value}",
             )
-        data = descriptor.artifact_bytes
-        if data is None:
-            data = _read_location(descriptor.artifact_location or "")
-        got = descriptors.content_hash(data)
-        if got != descriptor.content_hash:
+        data = _artifact_bytes(descriptor)
+        if descriptors.content_hash(data) != descriptor.content_hash:
+            # The hash found is not said: for an artifact_location it would tell the catalog
+            # the hash of any file this server can read.
             raise DescriptorError(
                 "ContentHashMismatch",
-                f"the artifact's bytes hash to {got}, the descriptor says "
+                f"the artifact's {len(data):,} bytes do not hash to the descriptor's "
                 f"{descriptor.content_hash}: corrupt or tampered with, not loaded",
             )
         import joblib
@@ -158,7 +172,7 @@ class ModelHost:
                 f"expected a classifier of {len(self.feature_names)} features, got "
                 f"{type(estimator).__name__} of {expected}",
             )
-        return estimator
+        return estimator, len(data)
 
     def score(self, rows: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
         """(predicted class, its probability) per row, in ``feature_names`` order."""
@@ -171,6 +185,25 @@ class ModelHost:
             self.live = None
 
 
+def artifact_verifies(descriptor: ModelDescriptor) -> bool:
+    """Whether the artifact can be read and hashes to the descriptor's ``content_hash``
+    (nothing is deserialised)."""
+    try:
+        return descriptors.content_hash(_artifact_bytes(descriptor)) == descriptor.content_hash
+    except DescriptorError:
+        return False
+
+
+def _artifact_bytes(descriptor: ModelDescriptor) -> bytes:
+    if descriptor.artifact_bytes is not None:
+        return descriptor.artifact_bytes
+    return _read_location(descriptor.artifact_location or "")
+
+
+# An artifact larger than this is refused rather than read into memory.
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
 def _read_location(location: str) -> bytes:
     parts = urlsplit(location)
     if parts.scheme != "file":
@@ -178,4 +211,15 @@ def _read_location(location: str) -> bytes:
             "UnsupportedArtifactLocation",
             f"this server reads file:// artifact locations, got {location!r}",
         )
-    return Path(unquote(parts.path)).read_bytes()
+    path = Path(unquote(parts.path))
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DescriptorError("ArtifactUnreadable", f"{location}: {exc.strerror}") from None
+    # Not a device, a FIFO or a directory: reading one would block or never end.
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ARTIFACT_BYTES:
+        raise DescriptorError(
+            "ArtifactUnreadable",
+            f"expected a regular file of at most {MAX_ARTIFACT_BYTES:,} bytes at {location}",
+        )
+    return path.read_bytes()

@@ -248,5 +248,45 @@ def test_two_replicas_serve_descriptors_from_the_control_topic_through_cancel_an
         assert len([p for v, p in events.payloads(ModelLoaded) if v == "2" and not p.restored]) == 2
     finally:
         _stopped(job, run)
+
+    # A fresh job (no checkpoint) starts at the newest version it can apply: version 2 loaded
+    # by each instance, version 1 not announced again; the corrupt version 3, newer, is tried
+    # again and refused again.
+    before = len(events.events())
+    fresh = replace(run, work=tmp_path / "fresh")
+    fresh.work.mkdir()
+    job = fresh.start_job()
+    try:
+        send_requests(run.bootstrap, run.requests, [f"d{n}" for n in range(20)])
+        harness.wait_for(
+            "the fresh job's instances to load version 2",
+            lambda: [
+                e
+                for e in events.events()[before:]
+                if isinstance(e.payload, ModelLoaded) and not e.payload.restored
+            ],
+            60,
+            until=lambda found: len(found) == 2,
+            process=job,
+            context=fresh.log_tail,
+        )
+        news = events.events()[before:]
+        assert {e.envelope.model.version for e in news if isinstance(e.payload, ModelLoaded)} == {
+            "2"
+        }
+        refused = harness.wait_for(
+            "the fresh job's instances to refuse version 3",
+            lambda: [
+                e.envelope.model.version
+                for e in events.events()[before:]
+                if isinstance(e.payload, ModelLoadFailed)
+            ],
+            60,
+            until=lambda found: len(found) == 2,
+            process=job,
+        )
+        assert refused == ["3", "3"]
+    finally:
+        _stopped(job, fresh)
     events.close()
     scores.close()

@@ -745,3 +745,41 @@ def test_a_restored_instance_serves_again_without_a_new_load_in_any_order(tmp_pa
             assert get(catalog, VERSION).attributes["status"] == "REPLACED"
             deployment = get(catalog, DEPLOY).attributes
             assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", "2")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "reversed"])
+def test_a_version_resumed_after_a_restart_is_the_one_served(tmp_path: Path, reverse: bool) -> None:
+    """Restored from a checkpoint older than the last load, the job serves version 1 again;
+    and a version whose own load the catalog never saw serves once it is resumed."""
+    older_checkpoint = [
+        _event(model_loaded(), 1),
+        _event(model_loaded("2", replaces="1"), 2, version="2"),
+        _event(ModelUnloaded(reason="job cancelled"), 3, version="2"),
+        _event(
+            dataclasses.replace(model_loaded(), restored=True),
+            1,
+            instance="restored-0",
+            at=T0 + timedelta(seconds=90),
+        ),
+    ]
+    load_never_seen = [
+        _event(model_loaded(), 1),
+        _event(ModelUnloaded(reason="job cancelled"), 2),
+        _event(
+            dataclasses.replace(model_loaded("2"), restored=True),
+            1,
+            instance="restored-0",
+            version="2",
+            at=T0 + timedelta(seconds=90),
+        ),
+    ]
+    for name, events, serving in (
+        ("older", older_checkpoint, "1"),
+        ("unseen", load_never_seen, "2"),
+    ):
+        order = list(reversed(events)) if reverse else events
+        with open_catalog(tmp_path / f"{name}.db") as catalog:
+            assert not pipeline(catalog).process(messages(order)).dead
+            deployment = get(catalog, DEPLOY).attributes
+            assert (deployment["status"], deployment["currentVersion"]) == ("IN_SERVICE", serving)
+            assert deployment["statusReason"] == "resumed after a restart"

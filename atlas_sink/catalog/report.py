@@ -190,9 +190,9 @@ def _latencies(
 
 def schema_history(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Schema changes oldest first. Every replica of a deployment announces the change of the
-    version it loads: the same change from several replicas is one entry, with how many
-    announced it (the first announcement's time). A change made again after another is an
-    entry of its own."""
+    version it loads: the same change announced again is one entry, with how many times it
+    was announced (the first announcement's time, and its producer's claimed verdict). A
+    change made again after another is an entry of its own."""
     history: list[dict[str, Any]] = []
     latest: dict[Any, dict[str, Any]] = {}  # per side, its newest entry
     for c in changes:
@@ -489,12 +489,12 @@ def render_text(report: Report) -> str:
     for change in d["schemas"]["history"] or []:
         verdict, claimed = change["compatibility"], change["claimedCompatibility"]
         differs = claimed not in (None, verdict, "UNKNOWN")
-        replicas = change["announcements"]
+        times = change["announcements"]
         out.append(
             f"  changed {change['changedAt']}: {change['side'].lower()} "
             f"{change['previousFingerprint']} -> {change['newFingerprint']} "
             f"({verdict}{f', the producer claimed {claimed}' if differs else ''})"
-            + (f", announced by {replicas} replicas" if replicas > 1 else "")
+            + (f", announced {times} times" if times > 1 else "")
         )
     tax = d["taxonomy"]
     out.append("7. Taxonomy and classifications")

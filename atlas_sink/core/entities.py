@@ -79,6 +79,8 @@ class Served(NamedTuple):
     status: str  # IN_SERVICE (it was loaded), FAILED, STOPPED
     reason: str | None
     loaded: bool
+    # A restored instance serving again what it loaded before (ModelLoaded.restored).
+    resumed: bool = False
 
 
 class VersionRecord(NamedTuple):
@@ -88,6 +90,13 @@ class VersionRecord(NamedTuple):
     at: int  # event time of ``status``
     status: str
     reason: str | None
+    # When an instance last resumed serving it after a restart (0: never): not a load, but
+    # it serves from then on, so it counts as loaded_at does for which version is current.
+    resumed_at: int = 0
+
+    @property
+    def serving_since(self) -> int:
+        return max(self.loaded_at, self.resumed_at)
 
 
 @dataclass(slots=True)
@@ -131,26 +140,28 @@ class EntityState:
         Both are order-free, so the result depends on the set of events alone."""
         record = self.served.get(served.version)
         loaded_at = moment if served.loaded else 0
+        resumed_at = moment if served.resumed else 0
         if record is None:
             self.served[served.version] = VersionRecord(
-                loaded_at, moment, served.status, served.reason
+                loaded_at, moment, served.status, served.reason, resumed_at
             )
             return
         loaded_at = max(record.loaded_at, loaded_at)
+        resumed_at = max(record.resumed_at, resumed_at)
         if moment >= record.at:
-            record = VersionRecord(loaded_at, moment, served.status, served.reason)
+            record = VersionRecord(loaded_at, moment, served.status, served.reason, resumed_at)
         else:
-            record = record._replace(loaded_at=loaded_at)
+            record = record._replace(loaded_at=loaded_at, resumed_at=resumed_at)
         self.served[served.version] = record
 
     def current_version(self) -> str | None:
-        """The version loaded last (a deployment serves one version at a time); with none ever
-        loaded, the one heard of last (a first load that failed)."""
+        """The version loaded (or resumed after a restart) last: a deployment serves one version
+        at a time; with none ever loaded, the one heard of last (a first load that failed)."""
         if not self.served:
             return None
         records = self.served
-        if any(r.loaded_at for r in records.values()):
-            return max(records, key=lambda v: (records[v].loaded_at, v))
+        if any(r.serving_since for r in records.values()):
+            return max(records, key=lambda v: (records[v].serving_since, v))
         return max(records, key=lambda v: (records[v].at, v))
 
     def copy(self) -> EntityState:
@@ -185,7 +196,7 @@ class EntityState:
         records = self.served
         others = sorted(
             (v for v in records if v != current),
-            key=lambda v: (max(records[v].at, records[v].loaded_at), v),
+            key=lambda v: (max(records[v].at, records[v].serving_since), v),
         )
         kept = others[-(MAX_SERVED_VERSIONS - 1) :]
         if current is not None:
@@ -213,6 +224,7 @@ class EntityState:
                     self.served[v].at,
                     self.served[v].status,
                     self.served[v].reason,
+                    self.served[v].resumed_at,
                 ]
                 for v in self._kept_versions()
             }
@@ -244,8 +256,15 @@ class EntityState:
             last_event_id=state.get("lastEventId"),
             marked_at={p: int(at or 0) for p, (_, _, at) in marks.items()},
             served={
-                version: VersionRecord(int(loaded_at), int(at), str(status), reason)
-                for version, (loaded_at, at, status, reason) in (state.get("served") or {}).items()
+                # Four entries before resumed_at was kept.
+                version: VersionRecord(
+                    int(record[0]),
+                    int(record[1]),
+                    str(record[2]),
+                    record[3],
+                    int(record[4]) if len(record) > 4 else 0,
+                )
+                for version, record in (state.get("served") or {}).items()
             },
             stats=ServingStats.from_state(state["stats"]) if state.get("stats") else None,
         )
@@ -277,6 +296,8 @@ def _in_words(record: VersionRecord) -> str:
     text = f"{record.status} since {iso_seconds(record.at)}"
     if record.loaded_at:
         text += f", loaded {iso_seconds(record.loaded_at)}"
+    if record.resumed_at:
+        text += f", resumed {iso_seconds(record.resumed_at)}"
     return text + (f" ({record.reason})" if record.reason else "")
 
 

@@ -230,7 +230,7 @@ def _deployment_update(
         _deployment_ref(ctx).qualified_name,
         {**_deployment_identity(ctx), **(values or {})},
         references=references,
-        served=Served(env.model.version, status, reason, loaded=loaded),
+        served=Served(env.model.version, status, reason, loaded=loaded, resumed=restored),
     )
 
 
