@@ -31,15 +31,12 @@ import json
 import logging
 import os
 import platform
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pyflink.common import Configuration, Types, WatermarkStrategy
@@ -59,6 +56,7 @@ from pyflink.datastream.state import MapStateDescriptor
 
 from capture.config import DEFAULT_TOPIC
 from demo.publish_model import DEFAULT_CONTROL_TOPIC
+from demo.signals import stop_on_signals
 
 log = logging.getLogger("demo.flink_job")
 
@@ -387,14 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from local_services.flink import kafka_connector
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: cancelling the job", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "cancelling the job")
     try:
         offsets = None if restore is not None else control_start(settings)
     except (LookupError, TimeoutError) as exc:

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import platform
-import signal
 import socket
 import sys
 import threading
@@ -37,7 +36,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from capture.config import DEFAULT_TOPIC, ConfigError, EmitterConfig, KafkaSecurity
@@ -47,6 +45,7 @@ from demo.control_topic import newest_applicable, read_to_end
 from demo.model import load_data
 from demo.publish_model import DEFAULT_CONTROL_TOPIC
 from demo.serving import ModelHost
+from demo.signals import stop_on_signals
 
 log = logging.getLogger("demo.server")
 
@@ -453,14 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "stopping")
     server = WineScoringServer(settings)
     try:
         server.start()
