@@ -137,7 +137,7 @@ class ScoreWithModels(BroadcastProcessFunction):  # type: ignore[misc]  # PyFlin
             self.host.unload("the Flink job stopped this instance")
         if hasattr(self, "emitter"):
             self.emitter.close()
-        log.info("instance %d closed", self.index)
+        log.info("instance %s closed", getattr(self, "index", "(not opened)"))
 
     def _resume(self, stored: Any) -> None:
         """Once per instance: the version a restored job served, from its broadcast state."""
