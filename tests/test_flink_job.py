@@ -80,9 +80,13 @@ class Run:
         job = subprocess.Popen(
             command, env=harness.child_environment(), stdout=log, stderr=subprocess.STDOUT
         )
-        harness.wait_for(
-            "the Flink job to run", ready.exists, 180, process=job, context=self.log_tail
-        )
+        try:
+            harness.wait_for(
+                "the Flink job to run", ready.exists, 180, process=job, context=self.log_tail
+            )
+        except BaseException:
+            harness.stop_process(job, timeout=60)  # a job that never ran is not left behind
+            raise
         return job
 
     def log_tail(self) -> str:
