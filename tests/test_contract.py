@@ -24,6 +24,7 @@ from capture.framing import (
     FramingError,
     parse_frame,
     single_object_framer,
+    single_object_header,
 )
 from capture.stats import DEFAULT_FEATURE_RELATIVE_ACCURACY, SignedSketch, Sketch
 
@@ -229,3 +230,41 @@ def test_fingerprint_matches_avro_spec_vector() -> None:
 def test_parse_frame_rejects_with_clear_error(data: bytes, message: str) -> None:
     with pytest.raises(FramingError, match=message):
         parse_frame(data)
+
+
+@pytest.mark.parametrize("old", contract.released(), ids=lambda c: c.source.name)
+def test_a_released_writer_read_alone_decodes_as_if_resolved_against_the_current_schema(
+    old: contract.Contract,
+) -> None:
+    """The sink reads the contract's own versions without schema resolution (its cost is more
+    than the read's): what an older writer lacks must come out as the events' defaults, the
+    same as resolution gives, for every payload type with every field it can carry."""
+    from atlas_sink.core import decode
+    from capture.profile import profile_features
+    from tests.conftest import all_payloads, envelope, model_loaded, scoring_stats
+
+    profile = profile_features({"alcohol": [12.5, -1.0, None]})
+    payloads: list[events.Payload] = [
+        *all_payloads(),
+        dataclasses.replace(model_loaded(), training_profile=profile, restored=True),
+        dataclasses.replace(scoring_stats(), features=profile),
+    ]
+    stripped = decode._without_logical_types(old.text)
+    for sequence, payload in enumerate(payloads, start=1):
+        body = io.BytesIO()
+        # The fields this version lacks are left out, as its emitter wrote them.
+        schemaless_writer(
+            body,
+            old.parsed,
+            events.to_avro(events.ModelEvent(envelope=envelope(sequence), payload=payload)),
+        )
+        alone = decode.Decoder().decode(single_object_header(old.fingerprint) + body.getvalue())
+        resolved_record = schemaless_reader(
+            io.BytesIO(body.getvalue()),
+            stripped,
+            decode._without_logical_types(contract.current().text),
+            return_record_name=True,
+            return_record_name_override=True,
+        )
+        assert isinstance(resolved_record, dict)
+        assert alone == decode._to_event(resolved_record), (old.source.name, type(payload))

@@ -59,7 +59,12 @@ class SchemaSource(Protocol):
 @dataclass(frozen=True)
 class _Writer:
     parsed: Any
-    same_as_reader: bool
+    # Read without resolving against the current schema: the contract's own versions, which
+    # only ever added fields with defaults, so that what they lack is the events' own defaults
+    # (tests/test_contract.py checks every released version decodes the same either way).
+    # Resolution costs fastavro more than twice the read; a new release must not slow every
+    # event of the emitters not yet upgraded. A registry schema of another shape is resolved.
+    resolve: bool
 
 
 _PAYLOADS = {name: TypeAdapter(cls) for name, cls in PAYLOAD_TYPES.items()}
@@ -83,7 +88,7 @@ class Decoder:
         self._last_registry_scan = 0.0
 
     def _writer(self, parsed: Any, fingerprint: bytes) -> _Writer:
-        return _Writer(parsed, fingerprint == self._reader.fingerprint)
+        return _Writer(parsed, fingerprint not in contract.by_fingerprint())
 
     def decode(self, value: bytes | None) -> ModelEvent:
         if not value:
@@ -107,7 +112,7 @@ class Decoder:
             record = schemaless_reader(
                 body,
                 writer.parsed,
-                None if writer.same_as_reader else self._reader_parsed,
+                self._reader_parsed if writer.resolve else None,
                 return_record_name=True,
                 return_record_name_override=True,
             )
@@ -309,9 +314,9 @@ def _scoring_stats(data: dict[str, Any]) -> ScoringStats:
 
 
 def _feature(data: dict[str, Any]) -> FeatureSummary:
-    # The decoded record is ours to change. Writers before v3 have no distribution: resolved
-    # against the current schema, it is the default, None.
-    sketch = data["distribution"]
+    # The decoded record is ours to change. Writers before v3 have no distribution: read with
+    # their own schema the field is absent; resolved against the current one, it is None.
+    sketch = data.get("distribution")
     if sketch is not None:
         data["distribution"] = FeatureSketch(
             positive=LogSketch(**sketch["positive"]), negative=LogSketch(**sketch["negative"])
