@@ -41,6 +41,17 @@ def fingerprint_of(parsed: Any) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
+def without_logical_types(schema: Any) -> Any:
+    """A schema's JSON with every ``logicalType`` left out: read with it, fastavro returns what
+    the bytes hold (uuids as strings, timestamps as microseconds), which the bytes do not
+    change."""
+    if isinstance(schema, dict):
+        return {k: without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [without_logical_types(v) for v in schema]
+    return schema
+
+
 def load_contract(path: Path) -> Contract:
     text = path.read_text(encoding="utf-8")
     parsed = parse_schema(json.loads(text))

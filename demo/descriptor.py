@@ -91,6 +91,11 @@ def _schema() -> _Schema:
     return _self_contained(contract.current().text)
 
 
+def parsed_schema() -> Any:
+    """The current descriptor schema, parsed, whole (what ``encode`` writes with)."""
+    return _schema().parsed
+
+
 @cache
 def _writers() -> dict[bytes, _Schema]:
     """Every descriptor schema a publisher may have written with, by fingerprint: one per

@@ -378,20 +378,9 @@ def values() -> dict[str, bytes]:
     return out
 
 
-def _without_logical_types(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [_without_logical_types(v) for v in schema]
-    return schema
-
-
 def body_schemas() -> tuple[Any, Any]:
     """The parsed event and descriptor schemas with their logical types left out, so that a
-    reader returns what the bytes hold: uuids as strings, timestamps as microseconds."""
-    named: dict[str, Any] = {}
-    event = parse_schema(
-        _without_logical_types(json.loads(contract.current().text)), named_schemas=named
-    )
-    text = descriptors.DESCRIPTOR_SCHEMA_FILE.read_text(encoding="utf-8")
-    return event, parse_schema(_without_logical_types(json.loads(text)), named_schemas=named)
+    reader returns what the bytes hold: uuids as strings, timestamps as microseconds (the
+    descriptor's have none)."""
+    event = parse_schema(contract.without_logical_types(json.loads(contract.current().text)))
+    return event, descriptors.parsed_schema()

@@ -196,14 +196,6 @@ class Decoder:
                 continue
 
 
-def _strip(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _strip(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [_strip(v) for v in schema]
-    return schema
-
-
 def _without_logical_types(text: str) -> Any:
     """The schema read as its underlying types (uuid as string, timestamps as long).
 
@@ -211,7 +203,7 @@ def _without_logical_types(text: str) -> Any:
     fastavro a UUID object and three datetimes per event that ``_to_event`` would only turn
     back into a string and microseconds. Timestamps become datetimes once, in ``_to_event``.
     """
-    return parse_schema(_strip(json.loads(text)))
+    return parse_schema(contract.without_logical_types(json.loads(text)))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
